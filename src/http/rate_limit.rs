@@ -1,0 +1,78 @@
+//! Per-client rate limiting of the site (SPEC: `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST`),
+//! with tower_governor keyed by our own client-address rule (see `client_ip`).
+//! tower_governor's `SmartIpKeyExtractor` believes any `X-Forwarded-For`, so it is not used.
+
+use std::{net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::Request,
+    response::{IntoResponse, Response},
+};
+use governor::middleware::NoOpMiddleware;
+use ipnet::IpNet;
+use tower_governor::{
+    GovernorError, GovernorLayer,
+    governor::{GovernorConfigBuilder, SharedRateLimiter},
+    key_extractor::KeyExtractor,
+};
+
+use super::client_ip::{bucket, client_ip};
+use crate::{config::RateLimits, error::AppError};
+
+/// The limiter's state: one token bucket per client.
+pub type Limiter = SharedRateLimiter<IpAddr, NoOpMiddleware>;
+
+/// Keys requests by client bucket. The peer address comes from `ConnectInfo`, which
+/// `App::run` provides.
+#[derive(Clone)]
+pub struct ClientKey {
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+impl KeyExtractor for ClientKey {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, GovernorError> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .ok_or(GovernorError::UnableToExtractKey)?
+            .0
+            .ip();
+        Ok(bucket(client_ip(peer, request.headers(), &self.trusted_proxies)))
+    }
+}
+
+pub fn layer(
+    limits: RateLimits,
+    trusted_proxies: &[IpNet],
+) -> anyhow::Result<(GovernorLayer<ClientKey, NoOpMiddleware, Body>, Limiter)> {
+    let config = GovernorConfigBuilder::default()
+        .key_extractor(ClientKey {
+            trusted_proxies: trusted_proxies.into(),
+        })
+        .period(Duration::from_secs(1) / limits.per_second)
+        .burst_size(limits.burst)
+        .finish()
+        .context("rate limits must be at least 1")?;
+    let limiter = Arc::clone(config.limiter());
+    let layer = GovernorLayer::new(config).error_handler(too_many_requests);
+    Ok((layer, limiter))
+}
+
+fn too_many_requests(error: GovernorError) -> Response {
+    match error {
+        GovernorError::TooManyRequests { wait_time, .. } => AppError::TooManyRequests {
+            retry_after_secs: wait_time,
+        }
+        .into_response(),
+        GovernorError::UnableToExtractKey => AppError::Internal(anyhow::anyhow!(
+            "no peer address: serve with ConnectInfo<SocketAddr>"
+        ))
+        .into_response(),
+        GovernorError::Other { code, .. } => code.into_response(),
+    }
+}

@@ -1,0 +1,24 @@
+//! keel: a single-binary SaaS starter kit. `main.rs` is only the command line; everything else
+//! lives here so the integration tests build the very same application.
+
+/// Assembles the application (`App::build`) and runs it until shutdown.
+pub mod app;
+/// The Redis connection.
+pub mod cache;
+/// Typed settings from the environment.
+pub mod config;
+/// The PostgreSQL pool and embedded migrations.
+pub mod db;
+/// Domain values with no I/O.
+pub mod domain;
+/// `AppError`, the one error type of request handling.
+pub mod error;
+/// Dependency health in the IETF health-check format.
+pub mod health;
+/// Routes, handlers and middleware.
+pub mod http;
+/// Logging setup.
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

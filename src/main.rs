@@ -1,0 +1,206 @@
+//! The `keel` command line: parse, load configuration, call into the library.
+//! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use keel::{App, Config, config::AppEnv, db, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "A single-binary SaaS starter kit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default command).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration, list every problem, exit 2 if it is unusable.
+    CheckConfig,
+    /// GET /health/live on BIND_ADDR: exit 0 if it answers 200, else 1 (container HEALTHCHECK).
+    Healthcheck,
+}
+
+const CONFIG_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = load_dotenv() {
+        eprintln!("error: .env: {error}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Healthcheck => healthcheck(),
+        Command::CheckConfig => check_config(),
+        Command::Serve => with_config(|config| run(serve(config))),
+        Command::Migrate => with_config(|config| run(migrate(config))),
+    }
+}
+
+/// `.env` is read in development only; production takes its settings from the environment.
+fn load_dotenv() -> Result<(), dotenvy::Error> {
+    if std::env::var("APP_ENV").as_deref() == Ok("production") {
+        return Ok(());
+    }
+    match dotenvy::dotenv() {
+        Err(error) if error.not_found() => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn load_config() -> Result<Config, ExitCode> {
+    Config::from_env().map_err(|error| {
+        for problem in &error.0 {
+            eprintln!("error: {problem}");
+        }
+        ExitCode::from(CONFIG_ERROR)
+    })
+}
+
+fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match load_config() {
+        Ok(config) => {
+            telemetry::init(config.log_format);
+            for warning in config.warnings() {
+                tracing::warn!("{warning}");
+            }
+            f(config)
+        }
+        Err(code) => code,
+    }
+}
+
+fn check_config() -> ExitCode {
+    match load_config() {
+        Ok(config) => {
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
+            let env = match config.env {
+                AppEnv::Development => "development",
+                AppEnv::Production => "production",
+            };
+            println!("configuration OK ({env})");
+            ExitCode::SUCCESS
+        }
+        Err(code) => {
+            eprintln!("configuration is not usable: fix the variables above");
+            code
+        }
+    }
+}
+
+fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "keel stopped with an error");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = App::build(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    db::migrate(&pool).await?;
+    println!("migrations applied ({} known)", db::MIGRATOR.iter().count());
+    Ok(())
+}
+
+/// SIGTERM (docker stop, systemd) or Ctrl-C starts a graceful shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+    shutdown.cancel();
+}
+
+/// A plain HTTP/1.1 GET over a socket, so the container image needs no curl.
+fn healthcheck() -> ExitCode {
+    let raw = std::env::var("BIND_ADDR").unwrap_or_else(|_| keel::config::defaults::BIND_ADDR.to_owned());
+    let Ok(mut addr) = raw.trim().parse::<SocketAddr>() else {
+        eprintln!("error: BIND_ADDR: `{raw}` is not an address such as 0.0.0.0:8080");
+        return ExitCode::from(CONFIG_ERROR);
+    };
+    // A wildcard bind is reached through loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    match get_status(addr, "/health/live") {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("unhealthy: /health/live answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {addr}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 32];
+    let read = stream.read(&mut head)?;
+    // "HTTP/1.1 200 OK"
+    std::str::from_utf8(&head[..read])
+        .ok()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}
