@@ -1,7 +1,7 @@
 //! The application assembled in one place. `main` and the integration tests both call
 //! [`App::build`], so what the tests exercise is what production runs.
 
-use std::{future::IntoFuture as _, net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -15,6 +15,9 @@ use crate::{
     health::HealthChecker,
     http::{self, AppState, RATE_LIMIT_GC_PERIOD, rate_limit::Limiter},
 };
+
+/// How long closing the pool may take at shutdown.
+const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A built application: database migrated, listener bound, routes ready.
 pub struct App {
@@ -92,7 +95,13 @@ impl App {
                 tracing::warn!(timeout_secs = drain_timeout.as_secs(), "requests still running at the shutdown timeout; stopping anyway");
             }
         }
-        self.state.db.close().await;
+        // A hung database must not hold up the exit.
+        if tokio::time::timeout(DB_CLOSE_TIMEOUT, self.state.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections did not close in time");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -713,6 +713,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_secret_key_works_in_development_only() {
+        let example = include_str!("../.env.example");
+        let key = example
+            .lines()
+            .find_map(|line| line.strip_prefix("SECRET_KEY="))
+            .expect(".env.example sets SECRET_KEY");
+        let development: HashMap<_, _> = [("SECRET_KEY", key.to_owned())].into();
+        assert!(!load(&development).unwrap().secret_key.generated);
+        let mut production = production_env();
+        production.insert("SECRET_KEY", key.to_owned());
+        assert_eq!(vars(load(&production).unwrap_err()), vec!["SECRET_KEY"]);
+    }
+
+    #[test]
     fn secret_key_accepts_hex_and_base64() {
         let b64 = base64::engine::general_purpose::STANDARD.encode([7u8, 9].repeat(40));
         for key in [GOOD_KEY.to_owned(), b64] {

@@ -83,7 +83,11 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
     }
 
     let (mut parts, body) = response.into_parts();
-    let detail = if status.is_client_error() && report.public_message.is_none() {
+    let describes_input = matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let detail = if describes_input && report.public_message.is_none() {
         framework_detail(body).await
     } else {
         None
@@ -151,8 +155,8 @@ fn wants_json(request: &Request) -> bool {
     accept.contains("application/json") || header_text(header::CONTENT_TYPE).starts_with("application/json")
 }
 
-/// The plain-text explanation axum writes for a rejected request (e.g. "Failed to deserialize
-/// form body: missing field `email`"): it is about the client's input, so it is shown.
+/// The plain-text explanation axum writes when it rejects input (e.g. "Failed to deserialize
+/// form body: missing field `email`"): it is about the client's own request, so it is shown.
 async fn framework_detail(body: Body) -> Option<String> {
     let bytes = axum::body::to_bytes(body, 4 * MAX_DETAIL).await.ok()?;
     let text = String::from_utf8_lossy(&bytes);
@@ -182,5 +186,80 @@ fn default_message(status: StatusCode) -> &'static str {
         }
         s if s.is_server_error() => "Something went wrong on our side. It has been logged; please try again.",
         _ => "The request could not be completed.",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{Router, http::Request, routing::get};
+    use tower::{ServiceBuilder, ServiceExt as _};
+    use tower_http::{catch_panic::CatchPanicLayer, timeout::TimeoutLayer};
+
+    use super::*;
+
+    /// The error half of the real stack around handlers that misbehave.
+    fn app() -> Router {
+        async fn panics() -> &'static str {
+            panic!("the database said something unexpected: password=hunter2")
+        }
+        async fn too_slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        Router::new()
+            .route("/panic", get(panics))
+            .route("/slow", get(too_slow))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(axum::middleware::from_fn(render_errors))
+                    .layer(CatchPanicLayer::custom(panic_response))
+                    .layer(TimeoutLayer::with_status_code(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Duration::from_millis(50),
+                    )),
+            )
+    }
+
+    async fn call(path: &str, accept: &str) -> (StatusCode, String, String) {
+        let request = Request::get(path)
+            .header("accept", accept)
+            .body(Body::empty())
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_page_that_hides_the_panic() {
+        let (status, content_type, page) = call("/panic", "text/html").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(content_type, "text/html; charset=utf-8");
+        assert!(page.contains("Something went wrong on our side"), "{page}");
+        assert!(
+            !page.contains("hunter2") && !page.contains("database said"),
+            "{page}"
+        );
+
+        let (status, content_type, json) = call("/panic", "application/json").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(content_type, "application/json");
+        assert!(!json.contains("hunter2"), "{json}");
+    }
+
+    #[tokio::test]
+    async fn a_handler_over_the_request_timeout_answers_503() {
+        let (status, _, page) = call("/slow", "text/html").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(page.contains("temporarily unavailable"), "{page}");
     }
 }

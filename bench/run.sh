@@ -1,0 +1,392 @@
+#!/usr/bin/env bash
+# keel benchmark: one run, one machine, one table.
+#
+# Measures, against a fresh PostgreSQL database:
+#   - start to ready: spawning `keel serve` until GET /health/live answers 200
+#     (includes connecting to PostgreSQL, creating the database and migrating);
+#   - idle RSS (1 s after ready) and peak RSS (after all load runs) of keel;
+#   - req/s and p99 latency with wrk for keel's /, /health and /health/live,
+#     and for examples/bare_hello serving the very bytes keel's / returned.
+# The bare server is measured before and after keel; the mean of the two runs
+# is the baseline, so "ratio vs bare" is keel's middleware + templating cost on
+# this (noisy, 2-core) machine rather than an absolute number.
+#
+# Usage: bash bench/run.sh [--no-build]     (knobs: see bench/README.md)
+# All traffic goes to 127.0.0.1 only; every loop is bounded.
+#
+# The readiness poll is plain bash (/dev/tcp, $EPOCHREALTIME, read -t) rather
+# than curl + date + sleep: on the 2-core box one curl takes ~14 ms to start,
+# which would make a "<= 100 ms" start-to-ready target unmeasurable. This way
+# a poll iteration is ~2 ms and the clock is read without forking.
+
+set -euo pipefail
+
+((BASH_VERSINFO[0] >= 5)) || { echo "bench/run.sh needs bash >= 5" >&2; exit 2; }
+
+usage() {
+    cat <<'EOF'
+Usage: bash bench/run.sh [--no-build]
+
+  --no-build   reuse the release binaries already in $CARGO_TARGET_DIR
+
+Environment:
+  CARGO_TARGET_DIR       default $HOME/.cache/keel-target
+  BENCH_DURATION         seconds per measured wrk run (default 10)
+  BENCH_DATABASE_SERVER  default postgres://postgres@127.0.0.1:5432 (no path)
+  BENCH_REDIS_URL        default redis://127.0.0.1:6379
+EOF
+}
+
+BUILD=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-build) BUILD=0 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keel-target}"
+KEEL="$CARGO_TARGET_DIR/release/keel"
+BARE="$CARGO_TARGET_DIR/release/examples/bare_hello"
+
+DURATION="${BENCH_DURATION:-10}"
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_DURATION must be whole seconds, got '$DURATION'" >&2; exit 2; }
+WARMUP=2
+THREADS=2
+CONNECTIONS=64
+READY_TIMEOUT_S=30
+POLL_INTERVAL_S=0.002
+DB_SERVER="${BENCH_DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}"
+DB_SERVER="${DB_SERVER%/}"
+REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
+BENCH_DB="keel_bench_$$"
+RESULTS_DIR="$REPO_ROOT/bench/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+COMMAND="BENCH_DURATION=$DURATION bash bench/run.sh${*:+ $*}"
+
+KEEL_PID=""
+BARE_PID=""
+WRK_PID=""
+DB_CREATED=0 # set once keel (which creates the database) has been spawned
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench.XXXXXX")
+
+# ---------------------------------------------------------------- helpers ---
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+die() {
+    printf 'ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Timestamps are ${EPOCHREALTIME/[.,]/}: microseconds since the epoch, read
+# without forking (a $(function) or $(date) would fork).
+
+# Prints a float expression's value with the given printf format, e.g.
+# calc '%.2f' '1 / 3'.
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+# True (exit 0) when the awk condition holds, e.g. check '1.2 >= 0.8'.
+check() { awk "BEGIN { exit !($1) }"; }
+
+# pass_fail CONDITION [WRK_KEY]: a run that had failed requests never passes.
+pass_fail() {
+    if [[ -n "${2:-}" ]] && ((NON2XX[$2] + SOCKET_ERRORS[$2] > 0)); then
+        echo "FAIL (failed requests)"
+    elif check "$1"; then
+        echo PASS
+    else
+        echo FAIL
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# fetch URL FILE: the body of a 200 response, or die.
+fetch() { curl -fsS --max-time 5 -o "$2" "$1" || die "GET $1 failed"; }
+
+db_admin() {
+    psql "$DB_SERVER/postgres" -X -q -v ON_ERROR_STOP=1 -c "$1"
+}
+
+# Reads a field (in KiB) from /proc/PID/status and prints it in MiB.
+proc_mib() {
+    local pid=$1 field=$2 kib
+    kib=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
+    [[ -n "$kib" ]] || die "no $field in /proc/$pid/status"
+    calc '%.1f' "$kib / 1024"
+}
+
+stop_server() {
+    local pid=$1 _
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_server "$WRK_PID"
+    stop_server "$BARE_PID"
+    stop_server "$KEEL_PID"
+    if ((DB_CREATED)); then
+        db_admin "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+            printf 'WARNING: could not drop database %s\n' "$BENCH_DB" >&2
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# probe_200 PORT PATH: true when GET http://127.0.0.1:PORT/PATH answers 200.
+# One HTTP/1.1 request over bash's /dev/tcp, so no process is forked.
+# Callers ignore SIGPIPE meanwhile, in case the server drops the connection.
+probe_200() {
+    local port=$1 path=$2 fd status=""
+    { exec {fd}<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+    {
+        printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' \
+            "$path" "$port" >&"$fd"
+    } 2>/dev/null || true
+    IFS= read -r -t 1 -u "$fd" status || true
+    exec {fd}>&-
+    [[ "$status" == "HTTP/1."[01]" 200 "* ]]
+}
+
+# read -t on a pipe nobody writes to: a sub-ms-accurate sleep without a fork.
+exec {SLEEP_FD}<> <(:)
+nap() { read -r -t "$1" -u "$SLEEP_FD" _ || true; }
+
+# wait_ready NAME PID PORT PATH LOGFILE START_US
+# Polls 127.0.0.1:PORT/PATH every ~2 ms until it answers 200; sets READY_MS to
+# the time since START_US. Fails after READY_TIMEOUT_S or if the process exits.
+READY_MS=""
+wait_ready() {
+    local name=$1 pid=$2 port=$3 path=$4 logfile=$5 start_us=$6 deadline now
+    deadline=$((start_us + READY_TIMEOUT_S * 1000000))
+    trap '' PIPE
+    while now=${EPOCHREALTIME/[.,]/} && ((now < deadline)); do
+        if probe_200 "$port" "$path"; then
+            now=${EPOCHREALTIME/[.,]/}
+            READY_MS=$(calc '%.1f' "($now - $start_us) / 1000")
+            trap - PIPE
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 40 "$logfile" >&2 || true
+            die "$name exited before GET $path answered 200 (log above)"
+        fi
+        nap "$POLL_INTERVAL_S"
+    done
+    tail -n 40 "$logfile" >&2 || true
+    die "$name: GET $path on port $port did not answer 200 within ${READY_TIMEOUT_S}s (log above)"
+}
+
+# wrk's latency value ("812.00us", "1.23ms", "2.00s", "1.00m") in ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000
+        else if (v ~ /ms$/) n += 0
+        else if (v ~ /s$/) n *= 1000
+        else if (v ~ /m$/) n *= 60000
+        else if (v ~ /h$/) n *= 3600000
+        printf "%.2f", n
+    }'
+}
+
+# Runs wrk in the background and waits for it: bash defers traps until a
+# foreground command ends, so this lets INT/TERM stop a long run at once.
+wrk_wait() {
+    wrk "$@" &
+    WRK_PID=$!
+    wait "$WRK_PID"
+    WRK_PID=""
+}
+
+# run_wrk KEY URL
+# One discarded warm-up run, then the measured run. Fills RPS, P99_MS,
+# NON2XX and SOCKET_ERRORS for KEY and warns about failed requests.
+declare -A RPS=() P99_MS=() NON2XX=() SOCKET_ERRORS=()
+run_wrk() {
+    local key=$1 url=$2 out="$WORK/wrk-$1.txt" p99
+    log "wrk $url ($key): ${WARMUP}s warm-up + ${DURATION}s"
+    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
+
+    RPS[$key]=$(awk '$1 == "Requests/sec:" { printf "%.0f", $2 }' "$out")
+    p99=$(awk '$1 == "99%" { print $2 }' "$out")
+    [[ -n "${RPS[$key]}" && -n "$p99" ]] || { cat "$out" >&2; die "cannot parse wrk output for $key"; }
+    P99_MS[$key]=$(to_ms "$p99")
+    NON2XX[$key]=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    NON2XX[$key]=${NON2XX[$key]:-0}
+    # "Socket errors: connect 0, read 0, write 0, timeout 0" -> sum.
+    SOCKET_ERRORS[$key]=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    SOCKET_ERRORS[$key]=${SOCKET_ERRORS[$key]:-0}
+    if ((NON2XX[$key] > 0 || SOCKET_ERRORS[$key] > 0)); then
+        printf 'WARNING: %s: %s non-2xx/3xx responses, %s socket errors\n' \
+            "$key" "${NON2XX[$key]}" "${SOCKET_ERRORS[$key]}" >&2
+    fi
+}
+
+# ------------------------------------------------------------------ setup ---
+
+for tool in curl wrk psql python3 awk; do
+    command -v "$tool" >/dev/null || die "$tool is required (apt-get install -y wrk postgresql-client curl)"
+done
+
+if ((BUILD)); then
+    log "cargo build --release --bin keel --example bare_hello (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$REPO_ROOT" && cargo build --release --bin keel --example bare_hello)
+fi
+for bin in "$KEEL" "$BARE"; do
+    [[ -x "$bin" ]] || die "$bin not found: run without --no-build first"
+done
+
+db_admin 'SELECT 1' >/dev/null || die "cannot reach PostgreSQL at $DB_SERVER (set BENCH_DATABASE_SERVER)"
+
+if command -v openssl >/dev/null; then
+    SECRET_KEY=$(openssl rand -hex 64)
+else
+    SECRET_KEY=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fi
+
+# ------------------------------------------------------------------- keel ---
+
+KEEL_PORT=$(free_port)
+KEEL_URL="http://127.0.0.1:$KEEL_PORT"
+log "starting keel on $KEEL_URL (database $BENCH_DB)"
+DB_CREATED=1
+start_us=${EPOCHREALTIME/[.,]/}
+# Logging as in production (JSON lines, the default `info` filter: one access-log line per
+# request), so the ratio includes what logging costs. The rate limit is raised out of the way
+# but still runs: its per-request cost is part of the measurement.
+env -u RUST_LOG \
+    APP_ENV=development \
+    BIND_ADDR="127.0.0.1:$KEEL_PORT" \
+    DATABASE_URL="$DB_SERVER/$BENCH_DB" \
+    REDIS_URL="$REDIS_URL" \
+    SECRET_KEY="$SECRET_KEY" \
+    RATE_LIMIT_PER_SECOND=1000000 \
+    RATE_LIMIT_BURST=1000000 \
+    LOG_FORMAT=json \
+    "$KEEL" serve >"$WORK/keel.log" 2>&1 &
+KEEL_PID=$!
+wait_ready keel "$KEEL_PID" "$KEEL_PORT" /health/live "$WORK/keel.log" "$start_us"
+KEEL_READY_MS=$READY_MS
+
+sleep 1
+KEEL_IDLE_MIB=$(proc_mib "$KEEL_PID" VmRSS)
+log "keel ready in ${KEEL_READY_MS} ms, idle RSS ${KEEL_IDLE_MIB} MiB"
+
+# ------------------------------------------------------------------- bare ---
+
+fetch "$KEEL_URL/" "$WORK/index.html"
+BARE_PORT=$(free_port)
+BARE_URL="http://127.0.0.1:$BARE_PORT"
+log "starting bare_hello on $BARE_URL ($(wc -c <"$WORK/index.html") byte body)"
+start_us=${EPOCHREALTIME/[.,]/}
+"$BARE" "127.0.0.1:$BARE_PORT" "$WORK/index.html" >"$WORK/bare.log" 2>&1 &
+BARE_PID=$!
+wait_ready bare_hello "$BARE_PID" "$BARE_PORT" / "$WORK/bare.log" "$start_us"
+BARE_READY_MS=$READY_MS
+
+# Both servers must serve the same bytes, or the ratio compares apples and pears.
+fetch "$KEEL_URL/" "$WORK/keel-again.html"
+fetch "$BARE_URL/" "$WORK/bare.html"
+if ! cmp -s "$WORK/keel-again.html" "$WORK/bare.html"; then
+    keel_size=$(wc -c <"$WORK/keel-again.html")
+    bare_size=$(wc -c <"$WORK/bare.html")
+    ((keel_size == bare_size)) ||
+        die "keel / ($keel_size bytes) and bare / ($bare_size bytes) differ: not a fair baseline"
+    printf 'WARNING: keel / varies per request (same %s bytes); comparison still fair\n' "$keel_size" >&2
+fi
+
+# -------------------------------------------------------------- load runs ---
+
+run_wrk bare1 "$BARE_URL/"
+run_wrk root "$KEEL_URL/"
+run_wrk health "$KEEL_URL/health"
+run_wrk live "$KEEL_URL/health/live"
+run_wrk bare2 "$BARE_URL/"
+
+KEEL_PEAK_MIB=$(proc_mib "$KEEL_PID" VmHWM)
+BARE_PEAK_MIB=$(proc_mib "$BARE_PID" VmHWM)
+
+# ---------------------------------------------------------------- summary ---
+
+BASELINE=$(calc '%.0f' "(${RPS[bare1]} + ${RPS[bare2]}) / 2")
+((BASELINE > 0)) || die "bare baseline measured 0 req/s"
+BARE_SPREAD=$(calc '%.1f' "(${RPS[bare1]} - ${RPS[bare2]}) * 100 / $BASELINE")
+ratio() { calc '%.2f' "${RPS[$1]} / $BASELINE"; }
+# row KEY SERVER PATH [NOTE]: one markdown table row for a wrk run.
+row() {
+    printf "| %s \`%s\`%s | %s | %s | %s |\n" \
+        "$2" "$3" "${4:+ $4}" "${RPS[$1]}" "${P99_MS[$1]}" "$(ratio "$1")"
+}
+
+FAILED_RUNS="none"
+for key in bare1 root health live bare2; do
+    if ((NON2XX[$key] + SOCKET_ERRORS[$key] > 0)); then
+        [[ "$FAILED_RUNS" == none ]] && FAILED_RUNS="WARNING:"
+        FAILED_RUNS+=" $key (${NON2XX[$key]} non-2xx/3xx, ${SOCKET_ERRORS[$key]} socket errors)"
+    fi
+done
+
+commit=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo uncommitted)
+if [[ "$commit" != uncommitted && -n "$(git -C "$REPO_ROOT" status --porcelain 2>/dev/null)" ]]; then
+    commit="$commit (dirty tree)"
+fi
+
+mkdir -p "$RESULTS_DIR"
+REPORT="$RESULTS_DIR/$STAMP.md"
+{
+    echo "# keel bench $STAMP"
+    echo
+    echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency, after a ${WARMUP}s discarded warm-up each."
+    echo
+    echo "| target | req/s | p99 ms | ratio vs bare |"
+    echo "| --- | ---: | ---: | ---: |"
+    row bare1 bare_hello / '(run 1)'
+    row root keel /
+    row health keel /health
+    row live keel /health/live
+    row bare2 bare_hello / '(run 2)'
+    printf '| baseline (mean of bare runs, spread %s%%) | %s | | 1.00 |\n' "$BARE_SPREAD" "$BASELINE"
+    echo
+    echo "- start to ready: ${KEEL_READY_MS} ms (spawn → first 200 from /health/live; includes PostgreSQL connect, database creation and migrations; bare_hello: ${BARE_READY_MS} ms)"
+    echo "- idle RSS: ${KEEL_IDLE_MIB} MiB (1 s after ready)"
+    echo "- peak RSS: ${KEEL_PEAK_MIB} MiB (after all load runs; bare_hello: ${BARE_PEAK_MIB} MiB)"
+    echo "- failed requests: $FAILED_RUNS"
+    echo "- machine: $(nproc) cores, Linux $(uname -r)"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "- git commit: $commit"
+    echo "- command: \`$COMMAND\`"
+    echo
+    echo "## Targets"
+    echo
+    echo "| target | measured | result |"
+    echo "| --- | ---: | --- |"
+    echo "| keel \`/\` ≥ 0.8× bare | $(ratio root)× | $(pass_fail "$(ratio root) >= 0.8" root) |"
+    echo "| keel \`/health\` p99 < 5 ms | ${P99_MS[health]} ms | $(pass_fail "${P99_MS[health]} < 5" health) |"
+    echo "| idle RSS ≤ 15 MiB | ${KEEL_IDLE_MIB} MiB | $(pass_fail "$KEEL_IDLE_MIB <= 15") |"
+    echo "| start to ready ≤ 100 ms | ${KEEL_READY_MS} ms | $(pass_fail "$KEEL_READY_MS <= 100") |"
+} >"$REPORT"
+
+echo
+cat "$REPORT"
+echo
+[[ "$FAILED_RUNS" == none ]] || printf '%s\n' "$FAILED_RUNS" >&2
+log "written to ${REPORT#"$REPO_ROOT"/}"

@@ -1,0 +1,10 @@
+//! Integration tests: the real application against real PostgreSQL and Redis.
+//! One binary (one link step) holding a module per area.
+
+mod bad_input;
+mod cli;
+mod headers;
+mod health;
+mod helpers;
+mod pages;
+mod rate_limit;
