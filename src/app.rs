@@ -1,7 +1,7 @@
 //! The application assembled in one place. `main` and the integration tests both call
 //! [`App::build`], so what the tests exercise is what production runs.
 
-use std::{future::IntoFuture as _, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::IntoFuture as _, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     db,
     health::HealthChecker,
-    http::{self, AppState, RATE_LIMIT_GC_PERIOD, rate_limit::Limiter},
+    http::{self, AppState, RATE_LIMIT_GC_PERIOD, Services, rate_limit::Limiter},
 };
 
 /// How long closing the pool may take at shutdown.
@@ -35,20 +35,16 @@ impl App {
         let db = db::connect(&config).await?;
         db::migrate(&db).await?;
         let cache = Cache::connect(&config)?;
-        let health = Arc::new(HealthChecker::new(
-            db.clone(),
-            cache.clone(),
-            config.health_check_timeout,
-        ));
+        let health = HealthChecker::new(db.clone(), cache.clone(), config.health_check_timeout);
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding BIND_ADDR {}", config.bind_addr))?;
-        let state = AppState {
-            config: Arc::new(config),
+        let state = AppState::new(Services {
+            config,
             db,
             cache,
             health,
-        };
+        });
         let (router, limiter) = http::router(state.clone())?;
         Ok(Self {
             listener,

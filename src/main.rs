@@ -70,7 +70,8 @@ fn load_config() -> Result<Config, ExitCode> {
 fn with_config(f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
     match load_config() {
         Ok(config) => {
-            telemetry::init(config.log_format);
+            // Held until `main` returns, so buffered log lines are flushed at exit.
+            let _log_guard = telemetry::init(config.log_format);
             for warning in config.warnings() {
                 tracing::warn!("{warning}");
             }

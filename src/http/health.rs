@@ -1,8 +1,6 @@
 //! `/health` (dependencies) and `/health/live` (the process), for uptime monitors and the
 //! container HEALTHCHECK.
 
-use std::sync::Arc;
-
 use axum::{
     Router,
     extract::State,
@@ -12,7 +10,7 @@ use axum::{
 };
 
 use super::AppState;
-use crate::health::{HealthChecker, Status};
+use crate::health::Status;
 
 const HEALTH_JSON: HeaderValue = HeaderValue::from_static("application/health+json");
 
@@ -22,8 +20,8 @@ pub fn router() -> Router<AppState> {
         .route("/health/live", get(live))
 }
 
-async fn health(State(checker): State<Arc<HealthChecker>>) -> Response {
-    let report = checker.report().await;
+async fn health(State(state): State<AppState>) -> Response {
+    let report = state.health.report().await;
     let status = match report.status {
         Status::Pass | Status::Warn => StatusCode::OK,
         Status::Fail => StatusCode::SERVICE_UNAVAILABLE,

@@ -16,7 +16,6 @@ use std::{sync::Arc, time::Duration};
 use askama::Template;
 use axum::{
     Router,
-    extract::FromRef,
     http::{HeaderName, StatusCode},
     response::Html,
 };
@@ -39,19 +38,36 @@ pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What handlers can reach. Each field is its own extractor too (`State<PgPool>`).
-#[derive(Clone, FromRef)]
-pub struct AppState {
-    pub config: Arc<Config>,
+/// What handlers can reach (`State<AppState>`), behind one `Arc`: axum clones the state for
+/// every request, so that clone is kept to one reference count.
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
+    pub config: Config,
     pub db: PgPool,
     pub cache: Cache,
-    pub health: Arc<HealthChecker>,
+    pub health: HealthChecker,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 /// The whole application as one `Router`, and the rate limiter whose memory the caller must
 /// trim now and then (see [`rate_limit::Limiter::retain_recent`]).
 pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> {
-    let config = Arc::clone(&state.config);
+    let config = &state.config;
     let (rate_limit, limiter) = rate_limit::layer(config.rate_limits, &config.trusted_proxies)?;
 
     // Pages and forms: rate limited per client, small bodies.
@@ -71,7 +87,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> 
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(middleware::trace_layer())
         .layer(axum::middleware::map_response_with_state(
-            Arc::new(middleware::security_headers(&config)),
+            Arc::new(middleware::security_headers(config)),
             middleware::add_security_headers,
         ))
         .layer(CompressionLayer::new())

@@ -2,10 +2,9 @@
 
 use askama::Template;
 use axum::{Router, extract::State, response::Html, routing::get};
-use std::sync::Arc;
 
 use super::{AppState, assets, render};
-use crate::{config::Config, error::Result};
+use crate::error::Result;
 
 /// What the base layout (`templates/layout.html`) needs on every page.
 pub struct Layout {
@@ -55,8 +54,9 @@ struct PricingPage {
     plans: Vec<PlanCard>,
 }
 
-async fn pricing(State(config): State<Arc<Config>>) -> Result<Html<String>> {
-    let plans = config
+async fn pricing(State(state): State<AppState>) -> Result<Html<String>> {
+    let plans = state
+        .config
         .stripe
         .prices
         .iter()

@@ -56,7 +56,8 @@ fn init_logging() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            keel::telemetry::init(LogFormat::Pretty);
+            // The guard lives for the whole test process.
+            std::mem::forget(keel::telemetry::init(LogFormat::Pretty));
         }
     });
 }
