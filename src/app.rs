@@ -13,7 +13,10 @@ use crate::{
     config::Config,
     db,
     health::HealthChecker,
-    http::{self, AppState, RATE_LIMIT_GC_PERIOD, Services, rate_limit::Limiter},
+    http::{
+        self, AppState, Services,
+        rate_limit::{self, Limiter},
+    },
 };
 
 /// How long closing the pool may take at shutdown.
@@ -73,7 +76,7 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let drain_timeout = self.state.config.shutdown_timeout;
-        tokio::spawn(forget_quiet_clients(self.limiter, shutdown.clone()));
+        tokio::spawn(rate_limit::forget_quiet_clients(self.limiter, shutdown.clone()));
 
         let server = axum::serve(
             self.listener,
@@ -100,19 +103,5 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// The rate limiter keeps a bucket per client seen; dropping the full ones keeps memory flat.
-async fn forget_quiet_clients(limiter: Limiter, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(RATE_LIMIT_GC_PERIOD);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
-            () = shutdown.cancelled() => return,
-        }
     }
 }

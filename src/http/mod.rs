@@ -11,7 +11,7 @@ mod middleware;
 mod pages;
 pub mod rate_limit;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use askama::Template;
 use axum::{
@@ -65,7 +65,7 @@ impl std::ops::Deref for AppState {
 }
 
 /// The whole application as one `Router`, and the rate limiter whose memory the caller must
-/// trim now and then (see [`rate_limit::Limiter::retain_recent`]).
+/// trim now and then (see [`rate_limit::forget_quiet_clients`]).
 pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> {
     let config = &state.config;
     let (rate_limit, limiter) = rate_limit::layer(config.rate_limits, &config.trusted_proxies)?;
@@ -113,6 +113,3 @@ pub fn render(template: &impl Template) -> Result<Html<String>, AppError> {
         .map(Html)
         .map_err(|error| AppError::Internal(anyhow::Error::new(error).context("rendering a template")))
 }
-
-/// How often the rate limiter forgets clients that have been quiet.
-pub const RATE_LIMIT_GC_PERIOD: Duration = Duration::from_secs(60);

@@ -13,6 +13,7 @@ use axum::{
 };
 use governor::middleware::NoOpMiddleware;
 use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
 use tower_governor::{
     GovernorError, GovernorLayer,
     governor::{GovernorConfigBuilder, SharedRateLimiter},
@@ -61,6 +62,24 @@ pub fn layer(
     let limiter = Arc::clone(config.limiter());
     let layer = GovernorLayer::new(config).error_handler(too_many_requests);
     Ok((layer, limiter))
+}
+
+/// How often the limiter forgets clients that have been quiet.
+const FORGET_PERIOD: Duration = Duration::from_secs(60);
+
+/// The limiter keeps a bucket per client it has seen; dropping the full (idle) ones now and
+/// then keeps its memory flat. Runs until `shutdown`.
+pub async fn forget_quiet_clients(limiter: Limiter, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(FORGET_PERIOD);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 fn too_many_requests(error: GovernorError) -> Response {
