@@ -17,17 +17,20 @@ use crate::{
         self, AppState, Services,
         rate_limit::{self, Limiter},
     },
+    jobs::{self, Worker, WorkerConfig},
 };
 
 /// How long closing the pool may take at shutdown.
 const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A built application: database migrated, listener bound, routes ready.
+/// A built application: database migrated, listener bound, routes ready, and a job worker
+/// to run in the same process unless [`App::without_worker`] says otherwise.
 pub struct App {
     listener: TcpListener,
     router: Router,
     limiter: Limiter,
     state: AppState,
+    worker: Option<Worker>,
 }
 
 impl App {
@@ -49,12 +52,25 @@ impl App {
             health,
         });
         let (router, limiter) = http::router(state.clone())?;
+        let worker = Worker::new(
+            state.db.clone(),
+            jobs::registry(),
+            jobs::schedule(),
+            WorkerConfig::default(),
+        );
         Ok(Self {
             listener,
             router,
             limiter,
             state,
+            worker: Some(worker),
         })
+    }
+
+    /// Serve HTTP only (`keel serve --no-worker`): jobs are left to `keel worker` processes.
+    pub fn without_worker(mut self) -> Self {
+        self.worker = None;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,12 +87,15 @@ impl App {
         &self.state
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for at most
-    /// the configured shutdown timeout.
+    /// Serves (and runs jobs) until `shutdown` is cancelled, then lets in-flight requests and
+    /// running jobs finish for at most the configured shutdown timeout.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let drain_timeout = self.state.config.shutdown_timeout;
         tokio::spawn(rate_limit::forget_quiet_clients(self.limiter, shutdown.clone()));
+        let worker = self
+            .worker
+            .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
 
         let server = axum::serve(
             self.listener,
@@ -85,13 +104,21 @@ impl App {
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tracing::info!(%addr, "listening on http://{addr}");
 
+        let drained = async {
+            server.into_future().await.context("serving HTTP")?;
+            if let Some(worker) = worker {
+                worker.await.context("the job worker panicked")??;
+            }
+            anyhow::Ok(())
+        };
         tokio::select! {
-            result = server.into_future() => result.context("serving HTTP")?,
+            result = drained => result?,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(drain_timeout).await;
             } => {
-                tracing::warn!(timeout_secs = drain_timeout.as_secs(), "requests still running at the shutdown timeout; stopping anyway");
+                // Unfinished jobs are not lost: their leases run out and they run again.
+                tracing::warn!(timeout_secs = drain_timeout.as_secs(), "requests or jobs still running at the shutdown timeout; stopping anyway");
             }
         }
         // A hung database must not hold up the exit.

@@ -17,6 +17,8 @@ pub mod error;
 pub mod health;
 /// Routes, handlers and middleware.
 pub mod http;
+/// Durable background jobs and scheduled work.
+pub mod jobs;
 /// Logging setup.
 pub mod telemetry;
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use keel::{App, Config, config::AppEnv, db, telemetry};
+use keel::{App, Config, config::AppEnv, db, jobs, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -21,14 +21,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve HTTP (the default command).
-    Serve,
+    /// Serve HTTP and run the job worker and scheduler (the default command).
+    Serve {
+        /// HTTP only: leave jobs to `keel worker` processes.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Run the job worker and scheduler only.
+    Worker,
+    /// Inspect and revive failed jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Validate the configuration, list every problem, exit 2 if it is unusable.
     CheckConfig,
     /// GET /health/live on BIND_ADDR: exit 0 if it answers 200, else 1 (container HEALTHCHECK).
     Healthcheck,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List dead jobs and jobs whose last attempt failed, with their errors.
+    List,
+    /// Queue a dead or failing job to run now, with a fresh set of attempts.
+    Retry {
+        /// The job id `keel jobs list` shows.
+        id: i64,
+    },
 }
 
 const CONFIG_ERROR: u8 = 2;
@@ -39,10 +61,12 @@ fn main() -> ExitCode {
         eprintln!("error: .env: {error}");
         return ExitCode::from(CONFIG_ERROR);
     }
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve { no_worker: false }) {
         Command::Healthcheck => healthcheck(),
         Command::CheckConfig => check_config(),
-        Command::Serve => with_config(|config| run(serve(config))),
+        Command::Serve { no_worker } => with_config(|config| run(serve(config, no_worker))),
+        Command::Worker => with_config(|config| run(worker(config))),
+        Command::Jobs { command } => with_config(|config| run(jobs_command(config, command))),
         Command::Migrate => with_config(|config| run(migrate(config))),
     }
 }
@@ -119,11 +143,67 @@ fn run(future: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, no_worker: bool) -> anyhow::Result<()> {
     let app = App::build(config).await?;
+    let app = if no_worker { app.without_worker() } else { app };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await
+}
+
+async fn worker(config: Config) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    db::migrate(&pool).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    jobs::Worker::new(
+        pool,
+        jobs::registry(),
+        jobs::schedule(),
+        jobs::WorkerConfig::default(),
+    )
+    .run(shutdown)
+    .await
+}
+
+async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    let mut conn = pool.acquire().await?;
+    match command {
+        JobsCommand::List => {
+            let failed = jobs::list_failed(&mut conn, 100).await?;
+            if failed.is_empty() {
+                println!("no dead or failing jobs");
+            }
+            for job in failed {
+                let error = job
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("");
+                println!(
+                    "{id}\t{kind}\t{status}\tattempts {attempts}/{max}\tnext run {run_at}\t{error}",
+                    id = job.id,
+                    kind = job.kind,
+                    status = job.status,
+                    attempts = job.attempts,
+                    max = job.max_attempts,
+                    run_at = job.run_at,
+                );
+            }
+            Ok(())
+        }
+        JobsCommand::Retry { id } => {
+            if jobs::retry(&mut conn, id).await? {
+                println!("job {id} queued to run now");
+                Ok(())
+            } else {
+                anyhow::bail!("no dead or failing job {id} (see `keel jobs list`)")
+            }
+        }
+    }
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -6,5 +6,6 @@ mod cli;
 mod headers;
 mod health;
 mod helpers;
+mod jobs;
 mod pages;
 mod rate_limit;

@@ -1,0 +1,110 @@
+//! Durable background jobs in PostgreSQL, and the scheduler that enqueues periodic work.
+//!
+//! A job is a value of a type implementing [`Job`], stored as JSON in the `jobs` table by
+//! [`enqueue`] inside the caller's transaction: it exists exactly when the change that caused
+//! it committed. A [`Worker`] claims jobs under a lease (`FOR UPDATE SKIP LOCKED`), renews the
+//! lease while the job runs, deletes the job when it succeeds, and on failure queues it again
+//! after an exponential backoff with jitter, until `MAX_ATTEMPTS` make it dead (kept, with its
+//! last error, for `keel jobs list` / `keel jobs retry`). A worker killed mid-job loses
+//! nothing: its lease runs out and another worker runs the job again. So every job runs at
+//! least once and should be idempotent; side effects that must happen once (an email) record
+//! that they happened in the same transaction as their effect.
+//!
+//! Written here rather than taken from a crate: graphile_worker (the one candidate on our sqlx)
+//! leaves a crashed worker's jobs locked for four hours, and underway and sqlxmq pin sqlx 0.8.
+
+mod queue;
+mod schedule;
+mod worker;
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use serde::{Serialize, de::DeserializeOwned};
+use sqlx::PgPool;
+
+pub use queue::{
+    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
+    list_failed, purge_dead, retry,
+};
+pub use schedule::Schedule;
+pub use worker::{Backoff, Worker, WorkerConfig};
+
+/// A kind of background work. The value is the job's payload (JSON in the table).
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// Stored in `jobs.kind`: keep it stable once jobs of this kind may be queued.
+    const KIND: &'static str;
+    /// Attempts before the job is dead.
+    const MAX_ATTEMPTS: i32 = 10;
+
+    fn run(self, context: JobContext) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// What a running job can reach.
+#[derive(Clone)]
+pub struct JobContext {
+    pub db: PgPool,
+    pub job_id: JobId,
+    /// This run's attempt, from 1.
+    pub attempt: i32,
+}
+
+type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type Handler = Box<dyn Fn(serde_json::Value, JobContext) -> JobFuture + Send + Sync>;
+
+/// The job kinds a worker can run.
+#[derive(Default)]
+pub struct Registry {
+    handlers: std::collections::HashMap<&'static str, Handler>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register<J: Job>(mut self) -> Self {
+        let handler: Handler = Box::new(|payload, context| {
+            Box::pin(async move {
+                let job: J = serde_json::from_value(payload)
+                    .map_err(|error| anyhow::anyhow!("the payload is not a {}: {error}", J::KIND))?;
+                job.run(context).await
+            })
+        });
+        self.handlers.insert(J::KIND, handler);
+        self
+    }
+
+    fn handler(&self, kind: &str) -> Option<&Handler> {
+        self.handlers.get(kind)
+    }
+}
+
+/// Every job kind keel itself defines. Features add theirs here.
+pub fn registry() -> Registry {
+    Registry::new().register::<PurgeDeadJobs>()
+}
+
+/// Periodic work keel itself runs. Features add theirs here.
+pub fn schedule() -> Schedule {
+    Schedule::new().every("purge-dead-jobs", Duration::from_secs(24 * 3600), |_| {
+        PurgeDeadJobs { older_than_days: 30 }
+    })
+}
+
+/// Deletes dead jobs nobody retried within `older_than_days`, so the table does not grow
+/// without bound.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PurgeDeadJobs {
+    pub older_than_days: u32,
+}
+
+impl Job for PurgeDeadJobs {
+    const KIND: &'static str = "jobs.purge_dead";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let days = Duration::from_secs(u64::from(self.older_than_days) * 24 * 3600);
+        let purged = purge_dead(&context.db, days).await?;
+        tracing::info!(purged, "purged dead jobs");
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! The worker: claims jobs, runs them with bounded concurrency, renews their leases, records
+//! outcomes, and runs the schedule. It sleeps on LISTEN until a job is added, a retry falls
+//! due or a lease runs out, with a slow poll as a fallback.
+
+use std::{sync::Arc, time::Duration};
+
+use rand::RngExt as _;
+use sqlx::{PgPool, postgres::PgListener};
+use time::OffsetDateTime;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::{
+    JobContext, Registry, Schedule,
+    queue::{self, AfterFailure, ClaimedJob, NOTIFY_CHANNEL},
+};
+
+/// Exponential backoff with jitter: attempt n waits a random time between half and all of
+/// `base · 2^(n-1)`, capped at `cap`. The jitter spreads out jobs that failed together.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exponent = attempt.clamp(1, 31) as u32 - 1;
+        let full = self
+            .base
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.cap);
+        full.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Identifies this worker's leases (`jobs.locked_by`); unique per process.
+    pub id: String,
+    /// Jobs run at once by this worker.
+    pub concurrency: usize,
+    /// How long a claimed job stays reserved without a renewal. A worker that dies holds its
+    /// jobs this long at most; a running job's lease is renewed every third of it.
+    pub lease: Duration,
+    /// Longest sleep without looking at the queue (in case a notification was missed).
+    pub poll_interval: Duration,
+    pub backoff: Backoff,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("{}-{}", hostname(), uuid::Uuid::new_v4().simple()),
+            concurrency: 4,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+            backoff: Backoff {
+                base: Duration::from_secs(5),
+                cap: Duration::from_secs(3600),
+            },
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "keel".to_owned())
+}
+
+pub struct Worker {
+    db: PgPool,
+    registry: Arc<Registry>,
+    schedule: Schedule,
+    config: Arc<WorkerConfig>,
+}
+
+impl Worker {
+    pub fn new(db: PgPool, registry: Registry, schedule: Schedule, config: WorkerConfig) -> Self {
+        Self {
+            db,
+            registry: Arc::new(registry),
+            schedule,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Runs until `shutdown`; then claims nothing more and waits for the running jobs.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            db,
+            registry,
+            schedule,
+            config,
+        } = self;
+        tracing::info!(
+            worker = config.id,
+            concurrency = config.concurrency,
+            "job worker started"
+        );
+        let scheduler = (!schedule.is_empty())
+            .then(|| tokio::spawn(run_schedule(schedule, db.clone(), shutdown.clone())));
+
+        let mut listener = listen(&db).await;
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            // Take as many jobs as there are free slots.
+            let free = slots.available_permits();
+            let mut claimed_all_free = false;
+            if free > 0 {
+                match queue::claim(&db, &config.id, free as i64, config.lease).await {
+                    Ok(jobs) => {
+                        claimed_all_free = jobs.len() == free;
+                        for job in jobs {
+                            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                                break;
+                            };
+                            let run = execute(db.clone(), Arc::clone(&registry), Arc::clone(&config), job);
+                            running.spawn(async move {
+                                run.await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "claiming jobs failed; retrying"),
+                }
+            }
+            if claimed_all_free && slots.available_permits() > 0 {
+                continue;
+            }
+            let sleep = time_to_next_due(&db, config.poll_interval).await;
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                notified = recv(&mut listener) => {
+                    if !notified {
+                        // The listening connection is down: do not spin.
+                        tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1))).await;
+                        listener = listen(&db).await;
+                    }
+                }
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        tracing::info!(
+            running = running.len(),
+            "job worker stopping; waiting for running jobs"
+        );
+        while running.join_next().await.is_some() {}
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
+        }
+        tracing::info!("job worker stopped");
+        Ok(())
+    }
+}
+
+/// How long to sleep: until the next retry or lease expiry, at most `poll_interval`. Also
+/// marks dead the jobs abandoned on their last attempt.
+async fn time_to_next_due(db: &PgPool, poll_interval: Duration) -> Duration {
+    if let Err(error) = queue::bury_abandoned(db).await {
+        tracing::warn!(%error, "marking abandoned jobs dead failed");
+    }
+    match queue::next_due(db).await {
+        Ok(Some(due)) => {
+            let wait = (due - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+            // A little past the due time, so the claim finds it due.
+            Duration::try_from(wait)
+                .unwrap_or_default()
+                .saturating_add(Duration::from_millis(5))
+                .min(poll_interval)
+        }
+        Ok(None) => poll_interval,
+        Err(_) => poll_interval,
+    }
+}
+
+async fn listen(db: &PgPool) -> Option<PgListener> {
+    let mut listener = match PgListener::connect_with(db).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::warn!(%error, "cannot LISTEN for new jobs; polling instead");
+            return None;
+        }
+    };
+    match listener.listen(NOTIFY_CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(error) => {
+            tracing::warn!(%error, "cannot LISTEN for new jobs; polling instead");
+            None
+        }
+    }
+}
+
+/// Waits for a notification; `false` when there is no working listener.
+async fn recv(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.try_recv().await.is_ok_and(|n| n.is_some()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one claimed job to an outcome and records it.
+async fn execute(db: PgPool, registry: Arc<Registry>, config: Arc<WorkerConfig>, job: ClaimedJob) {
+    let span = tracing::info_span!("job", id = job.id, kind = job.kind, attempt = job.attempts);
+    async move {
+        let started = std::time::Instant::now();
+        let context = JobContext {
+            db: db.clone(),
+            job_id: job.id,
+            attempt: job.attempts,
+        };
+        let outcome = match registry.handler(&job.kind) {
+            None => Err(anyhow::anyhow!("no handler is registered for job kind `{}`", job.kind)),
+            Some(handler) => {
+                // Its own task, so a panic is a failed attempt rather than a dead worker.
+                let mut work = tokio::spawn(handler(job.payload, context));
+                let mut renew = tokio::time::interval(config.lease / 3);
+                renew.tick().await;
+                loop {
+                    tokio::select! {
+                        joined = &mut work => break joined.unwrap_or_else(|error| {
+                            Err(anyhow::anyhow!("the job panicked: {error}"))
+                        }),
+                        _ = renew.tick() => {
+                            if let Err(error) = queue::extend_leases(&db, &config.id, &[job.id], config.lease).await {
+                                tracing::warn!(%error, "renewing the lease failed");
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let recorded = match outcome {
+            Ok(()) => queue::complete(&db, job.id, &config.id).await.map(|held| {
+                if held {
+                    tracing::info!(elapsed_ms, "job done");
+                } else {
+                    tracing::warn!(elapsed_ms, "job done, but its lease had run out: it may run again");
+                }
+            }),
+            Err(error) => {
+                let message = format!("{error:#}");
+                let retry_in = config.backoff.delay(job.attempts);
+                queue::fail(&db, job.id, &config.id, &message, retry_in).await.map(|after| match after {
+                    AfterFailure::Retrying => tracing::warn!(
+                        elapsed_ms, error = message, retry_in_ms = retry_in.as_millis() as u64, "job failed; will retry"
+                    ),
+                    AfterFailure::Dead => tracing::error!(
+                        elapsed_ms, error = message, max_attempts = job.max_attempts, "job failed for the last time: dead"
+                    ),
+                    AfterFailure::LeaseLost => tracing::warn!(error = message, "job failed after its lease had run out"),
+                })
+            }
+        };
+        // If the outcome cannot be written, the lease runs out and the job runs again.
+        if let Err(error) = recorded {
+            tracing::error!(%error, "recording the job's outcome failed; it will run again");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Enqueues scheduled work as periods begin, until `shutdown`.
+async fn run_schedule(schedule: Schedule, db: PgPool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(schedule.tick());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(error) = schedule.enqueue_due(&db).await {
+                    tracing::warn!(error = format!("{error:#}"), "enqueueing scheduled jobs failed");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let backoff = Backoff {
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(60),
+        };
+        for _ in 0..100 {
+            let first = backoff.delay(1);
+            assert!(
+                first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+                "{first:?}"
+            );
+            let fourth = backoff.delay(4);
+            assert!(
+                fourth >= Duration::from_secs(8) && fourth <= Duration::from_secs(16),
+                "{fourth:?}"
+            );
+            let late = backoff.delay(30);
+            assert!(
+                late >= Duration::from_secs(30) && late <= Duration::from_secs(60),
+                "{late:?}"
+            );
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff.delay(3)).collect();
+        assert!(spread.len() > 1, "jitter varies the delay");
+    }
+}

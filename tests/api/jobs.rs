@@ -1,0 +1,468 @@
+//! The job queue against real PostgreSQL: transactional enqueue, retries with backoff, the
+//! dead state and `keel jobs`, a worker killed with SIGKILL mid-job, two worker processes
+//! sharing a queue, and scheduled work across instances.
+//!
+//! Worker processes are this test binary run again with `--ignored --exact jobs::worker_process`
+//! and `KEEL_TEST_WORKER_DB` set: a real separate process running the test job kinds below.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use keel::jobs::{self, Backoff, Job, JobContext, Registry, Schedule, Worker, WorkerConfig};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, migrate::MigrateDatabase as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{DatabaseGuard, unique_database_name};
+
+/// Records that it ran (with its attempt and the worker process) in `test_job_runs`.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    label: String,
+}
+
+impl Job for Record {
+    const KIND: &'static str = "test.record";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        record(&context, &self.label).await
+    }
+}
+
+/// Fails (recording each attempt) until a row exists in `test_fixed`.
+#[derive(Serialize, Deserialize)]
+struct FailsUntilFixed;
+
+impl Job for FailsUntilFixed {
+    const KIND: &'static str = "test.fails_until_fixed";
+    const MAX_ATTEMPTS: i32 = 4;
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        record(&context, "attempt").await?;
+        let fixed: i64 = sqlx::query_scalar("SELECT count(*) FROM test_fixed")
+            .fetch_one(&context.db)
+            .await?;
+        anyhow::ensure!(fixed > 0, "boom on attempt {}", context.attempt);
+        Ok(())
+    }
+}
+
+/// Hangs forever on its first attempt (so the worker can be killed mid-job); later attempts
+/// finish.
+#[derive(Serialize, Deserialize)]
+struct HangsOnce;
+
+impl Job for HangsOnce {
+    const KIND: &'static str = "test.hangs_once";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        record(&context, "started").await?;
+        if context.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        record(&context, "finished").await
+    }
+}
+
+/// Scheduled: records the period it was enqueued for.
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    period: String,
+}
+
+impl Job for Tick {
+    const KIND: &'static str = "test.tick";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        record(&context, &self.period).await
+    }
+}
+
+async fn record(context: &JobContext, label: &str) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO test_job_runs (label, job_id, attempt, pid) VALUES ($1, $2, $3, $4)")
+        .bind(label)
+        .bind(context.job_id)
+        .bind(context.attempt)
+        .bind(std::process::id() as i32)
+        .execute(&context.db)
+        .await?;
+    Ok(())
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .register::<Record>()
+        .register::<FailsUntilFixed>()
+        .register::<HangsOnce>()
+        .register::<Tick>()
+}
+
+/// Short leases and backoffs, so failures and crashes resolve within a test.
+fn fast_config() -> WorkerConfig {
+    WorkerConfig {
+        lease: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(500),
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+        },
+        ..WorkerConfig::default()
+    }
+}
+
+/// A migrated database of its own, plus the tables the test jobs write to.
+async fn queue_database() -> (DatabaseGuard, PgPool) {
+    let database = DatabaseGuard::new(unique_database_name());
+    sqlx::Postgres::create_database(&database.url())
+        .await
+        .expect("create database");
+    let pool = PgPool::connect(&database.url()).await.expect("connect");
+    keel::db::migrate(&pool).await.expect("migrations");
+    for statement in [
+        "CREATE TABLE test_job_runs (label text NOT NULL, job_id bigint NOT NULL, attempt int NOT NULL,
+                                     pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        "CREATE TABLE test_fixed (fixed boolean)",
+    ] {
+        sqlx::query(statement).execute(&pool).await.expect("test table");
+    }
+    (database, pool)
+}
+
+/// Runs an in-process worker until the returned token is cancelled.
+fn start_worker(pool: &PgPool, schedule: Schedule) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(pool.clone(), registry(), schedule, fast_config());
+    tokio::spawn(worker.run(shutdown.clone()));
+    shutdown
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// Polls `sql` (a count) until it reaches `expected`, for at most `within`.
+async fn wait_for_count(pool: &PgPool, sql: &'static str, expected: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = count(pool, sql).await;
+        if now >= expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{sql}` stayed at {now}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_exists_only_if_its_transaction_commits() {
+    let (_database, pool) = queue_database().await;
+    let mut tx = pool.begin().await.unwrap();
+    jobs::enqueue(
+        &mut tx,
+        &Record {
+            label: "rolled back".into(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pool, "SELECT count(*) FROM jobs").await, 0);
+
+    let mut tx = pool.begin().await.unwrap();
+    jobs::enqueue(
+        &mut tx,
+        &Record {
+            label: "committed".into(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let _worker = start_worker(&pool, Schedule::new()).drop_guard();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM test_job_runs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(labels, ["committed"]);
+    wait_for_count(&pool, "SELECT 1 - count(*) FROM jobs", 1, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn a_new_job_wakes_an_idle_worker_at_once() {
+    let (_database, pool) = queue_database().await;
+    let _worker = start_worker(&pool, Schedule::new()).drop_guard();
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle: sleeping on LISTEN
+    let started = Instant::now();
+    let mut conn = pool.acquire().await.unwrap();
+    jobs::enqueue(&mut conn, &Record { label: "wake".into() })
+        .await
+        .unwrap();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Far below the 500 ms poll: the notification woke it.
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_job_backs_off_goes_dead_and_can_be_revived_with_keel_jobs_retry() {
+    let (database, pool) = queue_database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let id = jobs::enqueue(&mut conn, &FailsUntilFixed).await.unwrap();
+    let worker = start_worker(&pool, Schedule::new());
+
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM jobs WHERE status = 'dead'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let times: Vec<time::OffsetDateTime> = sqlx::query_scalar("SELECT at FROM test_job_runs ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(times.len(), FailsUntilFixed::MAX_ATTEMPTS as usize);
+    let gaps: Vec<time::Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Backoff 100 ms · 2^(n-1), jittered to 50–100 %: 50–100, 100–200, 200–400 ms.
+    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
+    assert!(gaps[0] >= time::Duration::milliseconds(45), "{gaps:?}");
+
+    let failed = jobs::list_failed(&mut conn, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].id, failed[0].status.as_str(), failed[0].attempts),
+        (id, "dead", 4)
+    );
+    assert_eq!(failed[0].last_error.as_deref(), Some("boom on attempt 4"));
+    worker.cancel();
+
+    // The operator sees it, fixes the cause, and revives it from the command line.
+    let (code, listing) = keel_jobs(&database, &["list"]).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        listing.contains(&format!("{id}\ttest.fails_until_fixed\tdead\tattempts 4/4")),
+        "{listing}"
+    );
+    assert!(listing.contains("boom on attempt 4"), "{listing}");
+
+    sqlx::query("INSERT INTO test_fixed VALUES (true)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (code, said) = keel_jobs(&database, &["retry", &id.to_string()]).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(&format!("job {id} queued to run now")), "{said}");
+
+    let _worker = start_worker(&pool, Schedule::new()).drop_guard();
+    wait_for_count(&pool, "SELECT 1 - count(*) FROM jobs", 1, Duration::from_secs(5)).await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM test_job_runs").await, 5);
+    // Retrying a job that is gone says so.
+    assert!(!jobs::retry(&mut conn, id).await.unwrap());
+}
+
+/// `keel jobs ARGS…` against `database`: exit code and stdout.
+async fn keel_jobs(database: &DatabaseGuard, args: &[&str]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .arg("jobs")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", database.url())
+        .env("LOG_FORMAT", "json")
+        .current_dir(std::env::temp_dir());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// This test binary, run again as a worker process on `database`.
+fn spawn_worker_process(database: &DatabaseGuard) -> ChildGuard {
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "jobs::worker_process", "--nocapture"])
+        .env("KEEL_TEST_WORKER_DB", database.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn a worker process");
+    ChildGuard(child)
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Not a test: the entry point of the worker processes the tests above start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the jobs tests"]
+async fn worker_process() {
+    let url = std::env::var("KEEL_TEST_WORKER_DB").expect("KEEL_TEST_WORKER_DB names the database");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    Worker::new(pool, registry(), Schedule::new(), fast_config())
+        .run(CancellationToken::new())
+        .await
+        .expect("worker runs");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_nothing() {
+    let (database, pool) = queue_database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let id = jobs::enqueue(&mut conn, &HangsOnce).await.unwrap();
+
+    let mut doomed = spawn_worker_process(&database);
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs WHERE label = 'started'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    doomed.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    doomed.0.wait().unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "running", "the dead worker still holds the lease");
+
+    let _survivor = spawn_worker_process(&database);
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs WHERE label = 'finished'",
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs,
+        [
+            ("started".into(), 1),
+            ("started".into(), 2),
+            ("finished".into(), 2)
+        ]
+    );
+    wait_for_count(&pool, "SELECT 1 - count(*) FROM jobs", 1, Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn two_worker_processes_run_each_of_200_jobs_exactly_once() {
+    let (database, pool) = queue_database().await;
+    let _first = spawn_worker_process(&database);
+    let _second = spawn_worker_process(&database);
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..200 {
+        jobs::enqueue(
+            &mut tx,
+            &Record {
+                label: format!("job-{i}"),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs",
+        200,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for_count(&pool, "SELECT 1 - count(*) FROM jobs", 1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a duplicate would show up by now
+    let (runs, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT label) FROM test_job_runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((runs, distinct), (200, 200));
+    let by_process: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT pid, count(*) FROM test_job_runs GROUP BY pid ORDER BY pid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    eprintln!("jobs per worker process: {by_process:?}");
+    assert!(
+        by_process
+            .iter()
+            .all(|(pid, _)| *pid != std::process::id() as i32),
+        "only the worker processes ran jobs"
+    );
+}
+
+#[tokio::test]
+async fn scheduled_work_runs_once_per_period_across_instances() {
+    let (_database, pool) = queue_database().await;
+    let schedule = || {
+        Schedule::new().every("tick", Duration::from_secs(1), |start| Tick {
+            period: start.unix_timestamp().to_string(),
+        })
+    };
+    // Two instances, each with its own pool, as two processes would have.
+    let other_pool = PgPool::connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let first = start_worker(&pool, schedule());
+    let second = start_worker(&other_pool, schedule());
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    first.cancel();
+    second.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let periods: Vec<(String, i64)> =
+        sqlx::query_as("SELECT label, count(*) FROM test_job_runs GROUP BY label ORDER BY label")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        (3..=5).contains(&periods.len()),
+        "one entry per period that began: {periods:?}"
+    );
+    assert!(
+        periods.iter().all(|(_, runs)| *runs == 1),
+        "each period ran once: {periods:?}"
+    );
+    let seconds: Vec<i64> = periods.iter().map(|(p, _)| p.parse().unwrap()).collect();
+    assert!(
+        seconds.windows(2).all(|w| w[1] - w[0] == 1),
+        "consecutive periods: {seconds:?}"
+    );
+}
