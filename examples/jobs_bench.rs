@@ -102,8 +102,10 @@ async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::default();
     let concurrency = config.concurrency;
     let shutdown = CancellationToken::new();
+    let mailer = keel::mail::Mailer::new("bench <bench@localhost>", None)?;
     let worker = Worker::new(
         pool.clone(),
+        mailer,
         Registry::new().register::<Noop>(),
         Schedule::new(),
         config,

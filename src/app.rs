@@ -18,6 +18,7 @@ use crate::{
         rate_limit::{self, Limiter},
     },
     jobs::{self, Worker, WorkerConfig},
+    mail::Mailer,
 };
 
 /// How long closing the pool may take at shutdown.
@@ -52,8 +53,10 @@ impl App {
             health,
         });
         let (router, limiter) = http::router(state.clone())?;
+        let mailer = Mailer::from_config(&state.config)?;
         let worker = Worker::new(
             state.db.clone(),
+            mailer,
             jobs::registry(),
             jobs::schedule(),
             WorkerConfig::default(),

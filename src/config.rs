@@ -490,12 +490,14 @@ impl Reader<'_> {
             }
             return None;
         };
-        match Url::parse(raw.trim()) {
-            Ok(url) if matches!(url.scheme(), "smtp" | "smtps") => {}
-            _ => self.problem(
+        // lettre's own parser, so what passes here is what the mailer accepts.
+        let valid = Url::parse(raw.trim()).is_ok_and(|url| matches!(url.scheme(), "smtp" | "smtps"))
+            && lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(raw.trim()).is_ok();
+        if !valid {
+            self.problem(
                 "SMTP_URL",
-                "must be smtp://host:port or smtps://user:pass@host:port",
-            ),
+                "must be lettre's URL form: smtp://host:25, smtp://user:pass@host:587?tls=required or smtps://user:pass@host:465",
+            );
         }
         Some(SecretString::from(raw.trim().to_owned()))
     }
@@ -506,14 +508,7 @@ impl Reader<'_> {
             defaults::EMAIL_FROM,
             "the sender, e.g. `Acme <hello@acme.com>`",
         );
-        let address = value
-            .rsplit_once('<')
-            .map(|(_, rest)| rest.trim_end_matches('>'))
-            .unwrap_or(&value);
-        let plausible = address
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.trim().is_empty() && !domain.trim().is_empty());
-        if !plausible {
+        if value.parse::<lettre::message::Mailbox>().is_err() {
             self.problem(
                 "EMAIL_FROM",
                 format!("`{value}` is not an email address such as `Acme <hello@acme.com>`"),

@@ -19,6 +19,8 @@ pub mod health;
 pub mod http;
 /// Durable background jobs and scheduled work.
 pub mod jobs;
+/// Outgoing email: templates, the outbox and SMTP delivery.
+pub mod mail;
 /// Logging setup.
 pub mod telemetry;
 

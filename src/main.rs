@@ -9,7 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use keel::{App, Config, config::AppEnv, db, jobs, telemetry};
+use keel::{App, Config, config::AppEnv, db, jobs, mail, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -40,6 +40,8 @@ enum Command {
     CheckConfig,
     /// GET /health/live on BIND_ADDR: exit 0 if it answers 200, else 1 (container HEALTHCHECK).
     Healthcheck,
+    /// Send a test email to ADDRESS now, through SMTP_URL, and report the outcome.
+    SendTestEmail { address: String },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Worker => with_config(|config| run(worker(config))),
         Command::Jobs { command } => with_config(|config| run(jobs_command(config, command))),
         Command::Migrate => with_config(|config| run(migrate(config))),
+        Command::SendTestEmail { address } => with_config(|config| run(send_test_email(config, address))),
     }
 }
 
@@ -154,16 +157,31 @@ async fn serve(config: Config, no_worker: bool) -> anyhow::Result<()> {
 async fn worker(config: Config) -> anyhow::Result<()> {
     let pool = db::connect(&config).await?;
     db::migrate(&pool).await?;
+    let mailer = mail::Mailer::from_config(&config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    jobs::Worker::new(
+    let worker = jobs::Worker::new(
         pool,
+        mailer,
         jobs::registry(),
         jobs::schedule(),
         jobs::WorkerConfig::default(),
-    )
-    .run(shutdown)
-    .await
+    );
+    worker.run(shutdown).await
+}
+
+/// Sends directly, not through the outbox: the operator wants the SMTP server's answer now.
+async fn send_test_email(config: Config, address: String) -> anyhow::Result<()> {
+    let mailer = mail::Mailer::from_config(&config)?;
+    if config.smtp_url.is_none() {
+        println!("SMTP_URL is not set: the email is written to the log instead of being sent");
+    }
+    let email = mail::SmtpTest {
+        base_url: config.base_url.to_string(),
+    };
+    mailer.send_now(&address, &email).await?;
+    println!("test email to {address} accepted");
+    Ok(())
 }
 
 async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()> {

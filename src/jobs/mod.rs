@@ -22,6 +22,8 @@ use std::{future::Future, pin::Pin, time::Duration};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 
+use crate::mail::{DeliverEmail, Mailer};
+
 pub use queue::{
     AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
     list_failed, purge_dead, retry,
@@ -43,6 +45,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 #[derive(Clone)]
 pub struct JobContext {
     pub db: PgPool,
+    pub mailer: Mailer,
     pub job_id: JobId,
     /// This run's attempt, from 1.
     pub attempt: i32,
@@ -81,7 +84,9 @@ impl Registry {
 
 /// Every job kind keel itself defines. Features add theirs here.
 pub fn registry() -> Registry {
-    Registry::new().register::<PurgeDeadJobs>()
+    Registry::new()
+        .register::<PurgeDeadJobs>()
+        .register::<DeliverEmail>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.

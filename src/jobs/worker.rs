@@ -11,6 +11,8 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::mail::Mailer;
+
 use super::{
     JobContext, Registry, Schedule,
     queue::{self, AfterFailure, ClaimedJob, NOTIFY_CHANNEL},
@@ -72,15 +74,23 @@ fn hostname() -> String {
 
 pub struct Worker {
     db: PgPool,
+    mailer: Mailer,
     registry: Arc<Registry>,
     schedule: Schedule,
     config: Arc<WorkerConfig>,
 }
 
 impl Worker {
-    pub fn new(db: PgPool, registry: Registry, schedule: Schedule, config: WorkerConfig) -> Self {
+    pub fn new(
+        db: PgPool,
+        mailer: Mailer,
+        registry: Registry,
+        schedule: Schedule,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             db,
+            mailer,
             registry: Arc::new(registry),
             schedule,
             config: Arc::new(config),
@@ -91,6 +101,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             db,
+            mailer,
             registry,
             schedule,
             config,
@@ -118,7 +129,13 @@ impl Worker {
                             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                                 break;
                             };
-                            let run = execute(db.clone(), Arc::clone(&registry), Arc::clone(&config), job);
+                            let run = execute(
+                                db.clone(),
+                                mailer.clone(),
+                                Arc::clone(&registry),
+                                Arc::clone(&config),
+                                job,
+                            );
                             running.spawn(async move {
                                 run.await;
                                 drop(permit);
@@ -204,12 +221,19 @@ async fn recv(listener: &mut Option<PgListener>) -> bool {
 }
 
 /// Runs one claimed job to an outcome and records it.
-async fn execute(db: PgPool, registry: Arc<Registry>, config: Arc<WorkerConfig>, job: ClaimedJob) {
+async fn execute(
+    db: PgPool,
+    mailer: Mailer,
+    registry: Arc<Registry>,
+    config: Arc<WorkerConfig>,
+    job: ClaimedJob,
+) {
     let span = tracing::info_span!("job", id = job.id, kind = job.kind, attempt = job.attempts);
     async move {
         let started = std::time::Instant::now();
         let context = JobContext {
             db: db.clone(),
+            mailer,
             job_id: job.id,
             attempt: job.attempts,
         };
@@ -217,7 +241,7 @@ async fn execute(db: PgPool, registry: Arc<Registry>, config: Arc<WorkerConfig>,
             None => Err(anyhow::anyhow!("no handler is registered for job kind `{}`", job.kind)),
             Some(handler) => {
                 // Its own task, so a panic is a failed attempt rather than a dead worker.
-                let mut work = tokio::spawn(handler(job.payload, context));
+                let mut work = tokio::spawn(handler(job.payload.clone(), context));
                 let mut renew = tokio::time::interval(config.lease / 3);
                 renew.tick().await;
                 loop {
@@ -235,35 +259,64 @@ async fn execute(db: PgPool, registry: Arc<Registry>, config: Arc<WorkerConfig>,
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let recorded = match outcome {
-            Ok(()) => queue::complete(&db, job.id, &config.id).await.map(|held| {
-                if held {
-                    tracing::info!(elapsed_ms, "job done");
-                } else {
-                    tracing::warn!(elapsed_ms, "job done, but its lease had run out: it may run again");
-                }
-            }),
-            Err(error) => {
-                let message = format!("{error:#}");
-                let retry_in = config.backoff.delay(job.attempts);
-                queue::fail(&db, job.id, &config.id, &message, retry_in).await.map(|after| match after {
-                    AfterFailure::Retrying => tracing::warn!(
-                        elapsed_ms, error = message, retry_in_ms = retry_in.as_millis() as u64, "job failed; will retry"
-                    ),
-                    AfterFailure::Dead => tracing::error!(
-                        elapsed_ms, error = message, max_attempts = job.max_attempts, "job failed for the last time: dead"
-                    ),
-                    AfterFailure::LeaseLost => tracing::warn!(error = message, "job failed after its lease had run out"),
-                })
-            }
-        };
         // If the outcome cannot be written, the lease runs out and the job runs again.
-        if let Err(error) = recorded {
+        if let Err(error) = record_outcome(&db, &config, &job, outcome, elapsed_ms).await {
             tracing::error!(%error, "recording the job's outcome failed; it will run again");
         }
     }
     .instrument(span)
     .await;
+}
+
+/// Writes a run's outcome to the queue, logs it and counts it (`keel_jobs_total`, exported at
+/// `/metrics` once a recorder is installed; a no-op until then).
+async fn record_outcome(
+    db: &PgPool,
+    config: &WorkerConfig,
+    job: &ClaimedJob,
+    outcome: anyhow::Result<()>,
+    elapsed_ms: u64,
+) -> sqlx::Result<()> {
+    let counted = match outcome {
+        Ok(()) => {
+            if queue::complete(db, job.id, &config.id).await? {
+                tracing::info!(elapsed_ms, "job done");
+            } else {
+                tracing::warn!(
+                    elapsed_ms,
+                    "job done, but its lease had run out: it may run again"
+                );
+            }
+            "done"
+        }
+        Err(error) => {
+            let error = format!("{error:#}");
+            let retry_in = config.backoff.delay(job.attempts);
+            match queue::fail(db, job.id, &config.id, &error, retry_in).await? {
+                AfterFailure::Retrying => {
+                    let retry_in_ms = retry_in.as_millis() as u64;
+                    tracing::warn!(elapsed_ms, error, retry_in_ms, "job failed; will retry");
+                    "failed"
+                }
+                AfterFailure::Dead => {
+                    let max_attempts = job.max_attempts;
+                    tracing::error!(
+                        elapsed_ms,
+                        error,
+                        max_attempts,
+                        "job failed for the last time: dead"
+                    );
+                    "dead"
+                }
+                AfterFailure::LeaseLost => {
+                    tracing::warn!(error, "job failed after its lease had run out");
+                    "failed"
+                }
+            }
+        }
+    };
+    metrics::counter!("keel_jobs_total", "kind" => job.kind.clone(), "outcome" => counted).increment(1);
+    Ok(())
 }
 
 /// Enqueues scheduled work as periods begin, until `shutdown`.

@@ -269,6 +269,17 @@ pub fn database_server_url_via(addr: SocketAddr) -> String {
     url.as_str().trim_end_matches('/').to_owned()
 }
 
+/// A database of its own with every migration applied, without an app.
+pub async fn migrated_database() -> (DatabaseGuard, sqlx::PgPool) {
+    let database = DatabaseGuard::new(unique_database_name());
+    sqlx::Postgres::create_database(&database.url())
+        .await
+        .expect("create database");
+    let pool = sqlx::PgPool::connect(&database.url()).await.expect("connect");
+    keel::db::migrate(&pool).await.expect("migrations");
+    (database, pool)
+}
+
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
     response.json().await.expect("a JSON body")
 }

@@ -10,12 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keel::jobs::{self, Backoff, Job, JobContext, Registry, Schedule, Worker, WorkerConfig};
+use keel::{
+    jobs::{self, Backoff, Job, JobContext, Registry, Schedule, Worker, WorkerConfig},
+    mail::Mailer,
+};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, migrate::MigrateDatabase as _};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DatabaseGuard, unique_database_name};
+use crate::helpers::{DatabaseGuard, migrated_database};
 
 /// Records that it ran (with its attempt and the worker process) in `test_job_runs`.
 #[derive(Serialize, Deserialize)]
@@ -99,6 +102,11 @@ fn registry() -> Registry {
         .register::<Tick>()
 }
 
+/// No job here sends email: the mailer writes to the log.
+fn log_mailer() -> Mailer {
+    Mailer::new("keel <noreply@localhost>", None).expect("a valid sender")
+}
+
 /// Short leases and backoffs, so failures and crashes resolve within a test.
 fn fast_config() -> WorkerConfig {
     WorkerConfig {
@@ -114,12 +122,7 @@ fn fast_config() -> WorkerConfig {
 
 /// A migrated database of its own, plus the tables the test jobs write to.
 async fn queue_database() -> (DatabaseGuard, PgPool) {
-    let database = DatabaseGuard::new(unique_database_name());
-    sqlx::Postgres::create_database(&database.url())
-        .await
-        .expect("create database");
-    let pool = PgPool::connect(&database.url()).await.expect("connect");
-    keel::db::migrate(&pool).await.expect("migrations");
+    let (database, pool) = migrated_database().await;
     for statement in [
         "CREATE TABLE test_job_runs (label text NOT NULL, job_id bigint NOT NULL, attempt int NOT NULL,
                                      pid int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())",
@@ -133,7 +136,7 @@ async fn queue_database() -> (DatabaseGuard, PgPool) {
 /// Runs an in-process worker until the returned token is cancelled.
 fn start_worker(pool: &PgPool, schedule: Schedule) -> CancellationToken {
     let shutdown = CancellationToken::new();
-    let worker = Worker::new(pool.clone(), registry(), schedule, fast_config());
+    let worker = Worker::new(pool.clone(), log_mailer(), registry(), schedule, fast_config());
     tokio::spawn(worker.run(shutdown.clone()));
     shutdown
 }
@@ -329,7 +332,7 @@ impl Drop for ChildGuard {
 async fn worker_process() {
     let url = std::env::var("KEEL_TEST_WORKER_DB").expect("KEEL_TEST_WORKER_DB names the database");
     let pool = PgPool::connect(&url).await.expect("connect");
-    Worker::new(pool, registry(), Schedule::new(), fast_config())
+    Worker::new(pool, log_mailer(), registry(), Schedule::new(), fast_config())
         .run(CancellationToken::new())
         .await
         .expect("worker runs");

@@ -7,5 +7,7 @@ mod headers;
 mod health;
 mod helpers;
 mod jobs;
+mod mail;
 mod pages;
 mod rate_limit;
+mod smtp_server;

@@ -1,0 +1,75 @@
+//! The emails keel sends, each rendered from its folder under `templates/emails/`.
+
+use askama::Template as _;
+
+use super::{Email, Rendered};
+
+/// Implements [`Email`] for a type from its three templates, which see the value as `email`.
+macro_rules! email_templates {
+    ($email:ident, subject: $subject:literal, text: $text:literal, html: $html:literal) => {
+        impl Email for $email {
+            fn render(&self) -> anyhow::Result<Rendered> {
+                #[derive(askama::Template)]
+                #[template(path = $subject)]
+                #[allow(dead_code)] // a subject often needs no field
+                struct Subject<'a> {
+                    email: &'a $email,
+                }
+                #[derive(askama::Template)]
+                #[template(path = $text)]
+                struct Text<'a> {
+                    email: &'a $email,
+                }
+                #[derive(askama::Template)]
+                #[template(path = $html)]
+                struct Html<'a> {
+                    email: &'a $email,
+                }
+                Ok(Rendered {
+                    subject: Subject { email: self }.render()?.trim().to_owned(),
+                    text: Text { email: self }.render()?,
+                    html: Html { email: self }.render()?,
+                })
+            }
+        }
+    };
+}
+
+/// Sent by `keel send-test-email` to check the SMTP settings.
+pub struct SmtpTest {
+    pub base_url: String,
+}
+
+email_templates!(
+    SmtpTest,
+    subject: "emails/smtp_test/subject.txt",
+    text: "emails/smtp_test/body.txt",
+    html: "emails/smtp_test/body.html"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_email_renders_all_three_parts() {
+        let rendered = SmtpTest {
+            base_url: "https://app.example.com/?a=1&b=<2>".into(),
+        }
+        .render()
+        .unwrap();
+        assert_eq!(rendered.subject, "Your SMTP settings work");
+        assert!(
+            rendered.text.contains("https://app.example.com/?a=1&b=<2>"),
+            "text is not escaped"
+        );
+        assert!(
+            rendered
+                .html
+                .contains("https://app.example.com/?a=1&#38;b=&#60;2&#62;"),
+            "HTML is escaped"
+        );
+        assert!(!rendered.html.contains("<2>"));
+        assert!(rendered.html.starts_with("<!doctype html>"));
+    }
+}

@@ -1,0 +1,196 @@
+//! The email outbox through a real SMTP conversation: every email arrives exactly once
+//! although the server asks to retry every third message, a refused recipient ends failed
+//! without endless retries, and `keel send-test-email` reports what the server said.
+
+use std::{collections::HashMap, time::Duration};
+
+use keel::{
+    jobs::{self, Backoff, Schedule, Worker, WorkerConfig},
+    mail::{self, Email, Mailer, Rendered},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    helpers::migrated_database,
+    smtp_server::{Behaviour, FakeSmtp},
+};
+
+struct Notice {
+    number: usize,
+}
+
+impl Email for Notice {
+    fn render(&self) -> anyhow::Result<Rendered> {
+        Ok(Rendered {
+            subject: format!("Notice {}", self.number),
+            text: format!("Notice number {}.", self.number),
+            html: format!("<p>Notice number {}.</p>", self.number),
+        })
+    }
+}
+
+const BOUNCE: &str = "bounce@example.com";
+
+#[tokio::test]
+async fn fifty_emails_arrive_exactly_once_through_a_server_that_asks_to_retry() {
+    let smtp = FakeSmtp::start(Behaviour {
+        fail_every_nth_data: 3,
+        refuse: vec![BOUNCE.to_owned()],
+    })
+    .await;
+    let (_database, pool) = migrated_database().await;
+    let mailer = Mailer::new("keel <noreply@example.com>", Some(&smtp.url())).unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    for number in 0..50 {
+        let to = if number == 7 {
+            BOUNCE.to_owned()
+        } else {
+            format!("user{number}@example.com")
+        };
+        let queued = mail::enqueue(
+            &mut tx,
+            &mailer,
+            &to,
+            &format!("notice:{number}"),
+            &Notice { number },
+        )
+        .await;
+        assert!(queued.unwrap());
+    }
+    // The same idempotency key again is not a second email.
+    assert!(
+        !mail::enqueue(
+            &mut tx,
+            &mailer,
+            "user1@example.com",
+            "notice:1",
+            &Notice { number: 1 }
+        )
+        .await
+        .unwrap()
+    );
+    tx.commit().await.unwrap();
+
+    let config = WorkerConfig {
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+        },
+        ..WorkerConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(pool.clone(), mailer, jobs::registry(), Schedule::new(), config);
+    tokio::spawn(worker.run(shutdown.clone()));
+    let _stop = shutdown.drop_guard();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (pending, jobs_left): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM emails WHERE status = 'pending'), (SELECT count(*) FROM jobs)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if pending == 0 && jobs_left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} emails pending, {jobs_left} jobs left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let statuses: HashMap<String, i64> =
+        sqlx::query_as("SELECT status, count(*) FROM emails GROUP BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(
+        statuses,
+        HashMap::from([("sent".into(), 49), ("failed".into(), 1)])
+    );
+    let (recipient, error): (String, String) =
+        sqlx::query_as("SELECT recipient, last_error FROM emails WHERE status = 'failed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recipient, BOUNCE);
+    assert!(error.contains("550"), "{error}");
+
+    // Exactly once: the server accepted each sent email one time, under its stored Message-ID.
+    let accepted = smtp.accepted();
+    assert_eq!(accepted.len(), 49, "accepted {} messages", accepted.len());
+    let mut sent_ids: Vec<String> = sqlx::query_scalar("SELECT message_id FROM emails WHERE status = 'sent'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let mut accepted_ids: Vec<String> = accepted.iter().map(|a| a.message_id.clone()).collect();
+    sent_ids.sort();
+    accepted_ids.sort();
+    assert_eq!(accepted_ids, sent_ids);
+    assert!(
+        smtp.failed_data_commands() >= 16,
+        "the server refused {} times",
+        smtp.failed_data_commands()
+    );
+    let notice = accepted
+        .iter()
+        .find(|a| a.recipients == ["user3@example.com"])
+        .unwrap();
+    assert!(notice.data.contains("Subject: Notice 3"), "{}", notice.data);
+    assert!(
+        notice.data.contains("multipart/alternative"),
+        "text and HTML parts"
+    );
+}
+
+async fn send_test_email(smtp_url: &str, to: &str) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .args(["send-test-email", to])
+        .env_clear()
+        .env("SMTP_URL", smtp_url)
+        .env("EMAIL_FROM", "Acme <hello@acme.test>")
+        .env("BASE_URL", "https://app.acme.test")
+        .env("LOG_FORMAT", "json")
+        .current_dir(std::env::temp_dir());
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+#[tokio::test]
+async fn send_test_email_reports_what_the_smtp_server_said() {
+    let smtp = FakeSmtp::start(Behaviour {
+        refuse: vec![BOUNCE.to_owned()],
+        ..Behaviour::default()
+    })
+    .await;
+    let (code, output) = send_test_email(&smtp.url(), "ops@acme.test").await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("test email to ops@acme.test accepted"),
+        "{output}"
+    );
+    let accepted = smtp.accepted();
+    assert_eq!(accepted.len(), 1);
+    assert!(accepted[0].data.contains("Subject: Your SMTP settings work"));
+    assert!(accepted[0].data.contains("https://app.acme.test/"));
+
+    let (code, output) = send_test_email(&smtp.url(), BOUNCE).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("550"), "{output}");
+
+    // Nothing listens on port 1: a clear error, not a hang or a panic.
+    let (code, output) = send_test_email("smtp://127.0.0.1:1", "ops@acme.test").await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(!output.contains("panicked"), "{output}");
+}
