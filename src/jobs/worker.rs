@@ -114,7 +114,11 @@ impl Worker {
         let scheduler = (!schedule.is_empty())
             .then(|| tokio::spawn(run_schedule(schedule, db.clone(), shutdown.clone())));
 
-        let mut listener = listen(&db).await;
+        // Every wait on PostgreSQL races the shutdown: a hung database must not keep the
+        // process from stopping.
+        let Some(mut listener) = unless_stopped(&shutdown, listen(&db)).await else {
+            return Ok(());
+        };
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut running = JoinSet::new();
         while !shutdown.is_cancelled() {
@@ -122,7 +126,11 @@ impl Worker {
             let free = slots.available_permits();
             let mut claimed_all_free = false;
             if free > 0 {
-                match queue::claim(&db, &config.id, free as i64, config.lease).await {
+                let claim = queue::claim(&db, &config.id, free as i64, config.lease);
+                let Some(claimed) = unless_stopped(&shutdown, claim).await else {
+                    break;
+                };
+                match claimed {
                     Ok(jobs) => {
                         claimed_all_free = jobs.len() == free;
                         for job in jobs {
@@ -148,15 +156,20 @@ impl Worker {
             if claimed_all_free && slots.available_permits() > 0 {
                 continue;
             }
-            let sleep = time_to_next_due(&db, config.poll_interval).await;
+            let next_due = time_to_next_due(&db, config.poll_interval);
+            let Some(sleep) = unless_stopped(&shutdown, next_due).await else {
+                break;
+            };
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 notified = recv(&mut listener) => {
                     if !notified {
                         // The listening connection is down: do not spin.
-                        tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1))).await;
-                        listener = listen(&db).await;
+                        let pause = tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1)));
+                        let relisten = async { pause.await; listen(&db).await };
+                        let Some(relistened) = unless_stopped(&shutdown, relisten).await else { break };
+                        listener = relistened;
                     }
                 }
                 () = tokio::time::sleep(sleep) => {}
@@ -192,6 +205,14 @@ async fn time_to_next_due(db: &PgPool, poll_interval: Duration) -> Duration {
         }
         Ok(None) => poll_interval,
         Err(_) => poll_interval,
+    }
+}
+
+/// `future`'s output, or `None` once `shutdown` is cancelled.
+async fn unless_stopped<T>(shutdown: &CancellationToken, future: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        output = future => Some(output),
+        () = shutdown.cancelled() => None,
     }
 }
 
@@ -326,8 +347,12 @@ async fn run_schedule(schedule: Schedule, db: PgPool, shutdown: CancellationToke
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(error) = schedule.enqueue_due(&db).await {
-                    tracing::warn!(error = format!("{error:#}"), "enqueueing scheduled jobs failed");
+                match unless_stopped(&shutdown, schedule.enqueue_due(&db)).await {
+                    None => return,
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(error = format!("{error:#}"), "enqueueing scheduled jobs failed");
+                    }
                 }
             }
             () = shutdown.cancelled() => return,
