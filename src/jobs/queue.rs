@@ -200,6 +200,14 @@ pub async fn next_due(db: &PgPool) -> sqlx::Result<Option<OffsetDateTime>> {
     .await
 }
 
+/// Jobs waiting to run (queued, due or not).
+pub async fn depth(db: &PgPool) -> sqlx::Result<i64> {
+    let depth = sqlx::query_scalar!(r#"SELECT count(*) AS "depth!" FROM jobs WHERE status = 'queued'"#)
+        .fetch_one(db)
+        .await?;
+    Ok(depth)
+}
+
 /// A dead job, or a queued one whose last attempt failed: what `keel jobs list` shows.
 #[derive(Debug)]
 pub struct FailedJob {

@@ -2,7 +2,10 @@
 //! outcomes, and runs the schedule. It sleeps on LISTEN until a job is added, a retry falls
 //! due or a lease runs out, with a slow poll as a fallback.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rand::RngExt as _;
 use sqlx::{PgPool, postgres::PgListener};
@@ -120,6 +123,7 @@ impl Worker {
             return Ok(());
         };
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let mut depth_checked = None;
         let mut running = JoinSet::new();
         while !shutdown.is_cancelled() {
             // Take as many jobs as there are free slots.
@@ -156,7 +160,7 @@ impl Worker {
             if claimed_all_free && slots.available_permits() > 0 {
                 continue;
             }
-            let next_due = time_to_next_due(&db, config.poll_interval);
+            let next_due = time_to_next_due(&db, config.poll_interval, &mut depth_checked);
             let Some(sleep) = unless_stopped(&shutdown, next_due).await else {
                 break;
             };
@@ -188,11 +192,26 @@ impl Worker {
     }
 }
 
+/// How often the queue-depth gauge is refreshed: counting a long backlog is not free.
+const DEPTH_EVERY: Duration = Duration::from_secs(15);
+
 /// How long to sleep: until the next retry or lease expiry, at most `poll_interval`. Also
-/// marks dead the jobs abandoned on their last attempt.
-async fn time_to_next_due(db: &PgPool, poll_interval: Duration) -> Duration {
+/// marks dead the jobs abandoned on their last attempt, and now and then sets the
+/// `keel_jobs_queued` gauge.
+async fn time_to_next_due(
+    db: &PgPool,
+    poll_interval: Duration,
+    depth_checked: &mut Option<Instant>,
+) -> Duration {
     if let Err(error) = queue::bury_abandoned(db).await {
         tracing::warn!(%error, "marking abandoned jobs dead failed");
+    }
+    if depth_checked.is_none_or(|at| at.elapsed() >= DEPTH_EVERY) {
+        *depth_checked = Some(Instant::now());
+        match queue::depth(db).await {
+            Ok(depth) => metrics::gauge!("keel_jobs_queued").set(depth as f64),
+            Err(error) => tracing::warn!(%error, "counting queued jobs failed"),
+        }
     }
     match queue::next_due(db).await {
         Ok(Some(due)) => {
@@ -251,7 +270,7 @@ async fn execute(
 ) {
     let span = tracing::info_span!("job", id = job.id, kind = job.kind, attempt = job.attempts);
     async move {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let context = JobContext {
             db: db.clone(),
             mailer,
