@@ -60,7 +60,13 @@ const CONFIG_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(error) = load_dotenv() {
-        eprintln!("error: .env: {error}");
+        // Never the line itself: it may hold a secret.
+        match error {
+            dotenvy::Error::LineParse(_, position) => {
+                eprintln!("error: .env: cannot parse the line at byte {position} (expected NAME=value)")
+            }
+            other => eprintln!("error: .env: {other}"),
+        }
         return ExitCode::from(CONFIG_ERROR);
     }
     match cli.command.unwrap_or(Command::Serve { no_worker: false }) {
@@ -167,7 +173,15 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         jobs::schedule(),
         jobs::WorkerConfig::default(),
     );
-    worker.run(shutdown).await
+    let drain_timeout = config.shutdown_timeout;
+    tokio::select! {
+        result = worker.run(shutdown.clone()) => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+            // Unfinished jobs are not lost: their leases run out and they run again.
+            tracing::warn!(timeout_secs = drain_timeout.as_secs(), "jobs still running at the shutdown timeout; stopping anyway");
+            Ok(())
+        }
+    }
 }
 
 /// Sends directly, not through the outbox: the operator wants the SMTP server's answer now.

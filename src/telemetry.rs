@@ -1,17 +1,22 @@
 //! Logging: one `tracing` subscriber for the process, human-readable in development and JSON
 //! lines in production, written to stdout. `RUST_LOG` overrides the default filter.
 //!
-//! Lines go into one shared in-memory buffer; a background thread writes it out every
-//! `FLUSH_INTERVAL`, and WARN and ERROR lines are written at once. So the access-log line of
-//! a request costs a copy, not a `write(2)` or a wake-up of another thread. Measured with
-//! `bench/` on `/` (CPU time per request): a synchronous stdout writer cost ~6 µs, a
-//! channel to a writer thread (tracing-appender) ~4.7 µs, mostly waking that thread for each
-//! line; this buffer costs what formatting the line costs. The price: on `kill -9`, up to
-//! `FLUSH_INTERVAL` of INFO lines is lost.
+//! Lines go into one shared in-memory buffer; a writer thread writes it out every
+//! `FLUSH_INTERVAL`, or at once for WARN and ERROR lines. So the access-log line of a request
+//! costs a copy, not a `write(2)` or a wake-up of another thread, and no request thread ever
+//! waits on stdout: if stdout stalls until `MAX_PENDING` bytes wait, further lines are dropped
+//! (and counted in a line written when it drains). Measured with `bench/` on `/` (CPU time per
+//! request): a synchronous stdout writer cost ~6 µs, a channel to a writer thread
+//! (tracing-appender) ~4.7 µs, mostly waking that thread for each line; this buffer costs what
+//! formatting the line costs. The price: on `kill -9`, up to `FLUSH_INTERVAL` of INFO lines is
+//! lost.
 
 use std::{
     io::{self, Stdout, Write},
-    sync::{LazyLock, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Condvar, LazyLock, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -24,21 +29,27 @@ const DEFAULT_FILTER: &str = "info,tower_http=warn,sqlx=warn";
 
 /// How long an INFO line may wait in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Buffered bytes that trigger a write before the interval is up.
+/// Buffered bytes that wake the writer before the interval is up.
 const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes beyond which lines are dropped rather than held (stdout has stalled).
+const MAX_PENDING: usize = 16 * 1024 * 1024;
 
 /// Lines waiting to be written. Request threads hold `pending` only to copy a line in; the
-/// write to stdout happens under `output`, after the pending bytes were swapped out, so a
-/// slow stdout never blocks a request that is logging.
+/// writer thread swaps the pending bytes out and writes them under `output`.
 struct LogBuffer {
     pending: Mutex<Vec<u8>>,
+    /// Wakes the writer thread early (a WARN or ERROR line, or a full buffer).
+    wake: Condvar,
     /// Stdout and a spare buffer to swap with `pending`. Its lock also keeps chunks in order.
     output: Mutex<(Stdout, Vec<u8>)>,
+    dropped: AtomicU64,
 }
 
 static LOG_BUFFER: LazyLock<LogBuffer> = LazyLock::new(|| LogBuffer {
     pending: Mutex::new(Vec::with_capacity(2 * FLUSH_AT)),
+    wake: Condvar::new(),
     output: Mutex::new((io::stdout(), Vec::with_capacity(2 * FLUSH_AT))),
+    dropped: AtomicU64::new(0),
 });
 
 /// A panic while a lock is held leaves at worst a partial line: keep logging.
@@ -47,29 +58,50 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LogBuffer {
-    fn append(&self, line: &[u8], flush_now: bool) -> io::Result<()> {
-        let buffered = {
-            let mut pending = lock(&self.pending);
-            pending.extend_from_slice(line);
-            pending.len()
-        };
-        if flush_now || buffered >= FLUSH_AT {
-            self.flush()
-        } else {
-            Ok(())
+    fn append(&self, line: &[u8], urgent: bool) {
+        let mut pending = lock(&self.pending);
+        if pending.len() + line.len() > MAX_PENDING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.extend_from_slice(line);
+        if urgent || pending.len() >= FLUSH_AT {
+            self.wake.notify_one();
         }
     }
 
+    /// Writes out what is pending (the writer thread, and `FlushOnDrop` at exit).
     fn flush(&self) -> io::Result<()> {
         let mut output = lock(&self.output);
         let (stdout, spare) = &mut *output;
         std::mem::swap(&mut *lock(&self.pending), spare);
-        if spare.is_empty() {
-            return Ok(());
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            writeln!(
+                stdout,
+                r#"{{"level":"WARN","message":"{dropped} log lines dropped: stdout was not keeping up"}}"#
+            )?;
         }
         let written = stdout.write_all(spare).and_then(|()| stdout.flush());
         spare.clear();
         written
+    }
+
+    /// The writer thread: sleeps until woken or `FLUSH_INTERVAL` passes, then writes.
+    fn write_forever(&self) {
+        loop {
+            let pending = lock(&self.pending);
+            if pending.is_empty() {
+                let (pending, _) = self
+                    .wake
+                    .wait_timeout(pending, FLUSH_INTERVAL)
+                    .unwrap_or_else(PoisonError::into_inner);
+                drop(pending);
+            } else {
+                drop(pending);
+            }
+            let _ = self.flush();
+        }
     }
 }
 
@@ -104,34 +136,29 @@ pub fn init(format: LogFormat) -> Option<FlushOnDrop> {
     };
     installed.ok()?;
     std::thread::Builder::new()
-        .name("keel-log-flush".into())
-        .spawn(|| {
-            loop {
-                std::thread::sleep(FLUSH_INTERVAL);
-                let _ = LOG_BUFFER.flush();
-            }
-        })
+        .name("keel-log-writer".into())
+        .spawn(|| LOG_BUFFER.write_forever())
         .ok()?;
     Some(FlushOnDrop)
 }
 
-/// Hands the fmt layer a writer per event, flushing at once for WARN and ERROR.
+/// Hands the fmt layer a writer per event, marking WARN and ERROR lines urgent.
 struct BufferedStdout;
 
 struct EventWriter {
-    flush: bool,
+    urgent: bool,
 }
 
 impl<'a> MakeWriter<'a> for BufferedStdout {
     type Writer = EventWriter;
 
     fn make_writer(&'a self) -> EventWriter {
-        EventWriter { flush: false }
+        EventWriter { urgent: false }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventWriter {
         EventWriter {
-            flush: *meta.level() <= Level::WARN,
+            urgent: *meta.level() <= Level::WARN,
         }
     }
 }
@@ -143,10 +170,12 @@ impl Write for EventWriter {
 
     /// The fmt layer hands over each formatted line in one call: lines never interleave.
     fn write_all(&mut self, line: &[u8]) -> io::Result<()> {
-        LOG_BUFFER.append(line, self.flush)
+        LOG_BUFFER.append(line, self.urgent);
+        Ok(())
     }
 
+    /// Nothing to do: the writer thread writes.
     fn flush(&mut self) -> io::Result<()> {
-        LOG_BUFFER.flush()
+        Ok(())
     }
 }

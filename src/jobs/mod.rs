@@ -22,7 +22,7 @@ use std::{future::Future, pin::Pin, time::Duration};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 
-use crate::mail::{DeliverEmail, Mailer};
+use crate::mail::{DeliverEmail, Mailer, PurgeOldEmails};
 
 pub use queue::{
     AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
@@ -37,6 +37,9 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     const KIND: &'static str;
     /// Attempts before the job is dead.
     const MAX_ATTEMPTS: i32 = 10;
+    /// An attempt still running after this long is stopped and counts as failed, so a hung job
+    /// cannot hold a worker slot (and renew its lease) forever.
+    const TIMEOUT: Duration = Duration::from_secs(600);
 
     fn run(self, context: JobContext) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -52,7 +55,12 @@ pub struct JobContext {
 }
 
 type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-type Handler = Box<dyn Fn(serde_json::Value, JobContext) -> JobFuture + Send + Sync>;
+
+/// How to run one kind of job.
+struct Handler {
+    run: Box<dyn Fn(serde_json::Value, JobContext) -> JobFuture + Send + Sync>,
+    timeout: Duration,
+}
 
 /// The job kinds a worker can run.
 #[derive(Default)]
@@ -66,19 +74,30 @@ impl Registry {
     }
 
     pub fn register<J: Job>(mut self) -> Self {
-        let handler: Handler = Box::new(|payload, context| {
+        let run = Box::new(|payload, context| -> JobFuture {
             Box::pin(async move {
                 let job: J = serde_json::from_value(payload)
                     .map_err(|error| anyhow::anyhow!("the payload is not a {}: {error}", J::KIND))?;
                 job.run(context).await
             })
         });
-        self.handlers.insert(J::KIND, handler);
+        self.handlers.insert(
+            J::KIND,
+            Handler {
+                run,
+                timeout: J::TIMEOUT,
+            },
+        );
         self
     }
 
     fn handler(&self, kind: &str) -> Option<&Handler> {
         self.handlers.get(kind)
+    }
+
+    /// The kinds this registry can run: a worker claims only these.
+    fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().map(|kind| (*kind).to_owned()).collect()
     }
 }
 
@@ -87,13 +106,17 @@ pub fn registry() -> Registry {
     Registry::new()
         .register::<PurgeDeadJobs>()
         .register::<DeliverEmail>()
+        .register::<PurgeOldEmails>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.
 pub fn schedule() -> Schedule {
-    Schedule::new().every("purge-dead-jobs", Duration::from_secs(24 * 3600), |_| {
-        PurgeDeadJobs { older_than_days: 30 }
-    })
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    Schedule::new()
+        .every("purge-dead-jobs", DAY, |_| PurgeDeadJobs { older_than_days: 30 })
+        .every("purge-old-emails", DAY, |_| PurgeOldEmails {
+            older_than_days: 30,
+        })
 }
 
 /// Deletes dead jobs nobody retried within `older_than_days`, so the table does not grow

@@ -83,16 +83,24 @@ pub struct ClaimedJob {
     pub max_attempts: i32,
 }
 
-/// Takes up to `limit` runnable jobs for `worker`: due queued jobs, and running jobs whose
-/// lease ran out (their worker died) that have attempts left. `SKIP LOCKED` makes concurrent
-/// claims take disjoint sets.
-pub async fn claim(db: &PgPool, worker: &str, limit: i64, lease: Duration) -> sqlx::Result<Vec<ClaimedJob>> {
+/// Takes up to `limit` runnable jobs of the given `kinds` for `worker`: due queued jobs, and
+/// running jobs whose lease ran out (their worker died) that have attempts left. `SKIP LOCKED`
+/// makes concurrent claims take disjoint sets; `kinds` keeps a worker (an older version in a
+/// rolling deploy, say) from burning the attempts of jobs it cannot run.
+pub async fn claim(
+    db: &PgPool,
+    worker: &str,
+    kinds: &[String],
+    limit: i64,
+    lease: Duration,
+) -> sqlx::Result<Vec<ClaimedJob>> {
     sqlx::query_as!(
         ClaimedJob,
         r#"WITH next AS (
                SELECT id FROM jobs
-               WHERE (status = 'queued' AND run_at <= now())
-                  OR (status = 'running' AND locked_until < now() AND attempts < max_attempts)
+               WHERE kind = ANY($4)
+                 AND ((status = 'queued' AND run_at <= now())
+                      OR (status = 'running' AND locked_until < now() AND attempts < max_attempts))
                ORDER BY run_at, id
                LIMIT $1
                FOR UPDATE SKIP LOCKED
@@ -106,23 +114,24 @@ pub async fn claim(db: &PgPool, worker: &str, limit: i64, lease: Duration) -> sq
         limit,
         worker,
         lease.as_secs_f64(),
+        kinds,
     )
     .fetch_all(db)
     .await
 }
 
-/// Renews the leases `worker` holds on `ids`.
-pub async fn extend_leases(db: &PgPool, worker: &str, ids: &[JobId], lease: Duration) -> sqlx::Result<()> {
-    sqlx::query!(
+/// Renews the lease `worker` holds on job `id`. `false` when it no longer holds it.
+pub async fn extend_lease(db: &PgPool, worker: &str, id: JobId, lease: Duration) -> sqlx::Result<bool> {
+    let renewed = sqlx::query!(
         "UPDATE jobs SET locked_until = now() + make_interval(secs => $3)
-         WHERE id = ANY($1) AND locked_by = $2 AND status = 'running'",
-        ids,
+         WHERE id = $1 AND locked_by = $2 AND status = 'running'",
+        id,
         worker,
         lease.as_secs_f64(),
     )
     .execute(db)
     .await?;
-    Ok(())
+    Ok(renewed.rows_affected() == 1)
 }
 
 /// A finished job is deleted. `false` when `worker` no longer held it (its lease had run out

@@ -17,7 +17,7 @@ use tracing::Instrument as _;
 use crate::mail::Mailer;
 
 use super::{
-    JobContext, Registry, Schedule,
+    Handler, JobContext, Registry, Schedule,
     queue::{self, AfterFailure, ClaimedJob, NOTIFY_CHANNEL},
 };
 
@@ -117,11 +117,12 @@ impl Worker {
         let scheduler = (!schedule.is_empty())
             .then(|| tokio::spawn(run_schedule(schedule, db.clone(), shutdown.clone())));
 
-        // Every wait on PostgreSQL races the shutdown: a hung database must not keep the
-        // process from stopping.
+        // Waits on PostgreSQL race the shutdown or are bounded: a hung database must not keep
+        // the process from stopping.
         let Some(mut listener) = unless_stopped(&shutdown, listen(&db)).await else {
             return Ok(());
         };
+        let kinds = registry.kinds();
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut depth_checked = None;
         let mut running = JoinSet::new();
@@ -130,11 +131,13 @@ impl Worker {
             let free = slots.available_permits();
             let mut claimed_all_free = false;
             if free > 0 {
-                let claim = queue::claim(&db, &config.id, free as i64, config.lease);
-                let Some(claimed) = unless_stopped(&shutdown, claim).await else {
-                    break;
-                };
-                match claimed {
+                // Bounded rather than cut off by the shutdown: a claim dropped midway may
+                // still commit, leaving its jobs leased (and an attempt spent) for nothing.
+                let claim = queue::claim(&db, &config.id, &kinds, free as i64, config.lease);
+                match tokio::time::timeout(CLAIM_TIMEOUT, claim)
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+                {
                     Ok(jobs) => {
                         claimed_all_free = jobs.len() == free;
                         for job in jobs {
@@ -160,16 +163,22 @@ impl Worker {
             if claimed_all_free && slots.available_permits() > 0 {
                 continue;
             }
-            let next_due = time_to_next_due(&db, config.poll_interval, &mut depth_checked);
-            let Some(sleep) = unless_stopped(&shutdown, next_due).await else {
-                break;
+            // With every slot busy, only a finishing job (or the poll) can change anything.
+            let sleep = if slots.available_permits() == 0 {
+                config.poll_interval
+            } else {
+                let next_due = time_to_next_due(&db, config.poll_interval, &mut depth_checked);
+                let Some(sleep) = unless_stopped(&shutdown, next_due).await else {
+                    break;
+                };
+                sleep
             };
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 notified = recv(&mut listener) => {
                     if !notified {
-                        // The listening connection is down: do not spin.
+                        // No working listener: try again after a pause, so as not to spin.
                         let pause = tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1)));
                         let relisten = async { pause.await; listen(&db).await };
                         let Some(relistened) = unless_stopped(&shutdown, relisten).await else { break };
@@ -191,6 +200,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// Longest wait for a claim; a hung database then does not stall the loop.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the queue-depth gauge is refreshed: counting a long backlog is not free.
 const DEPTH_EVERY: Duration = Duration::from_secs(15);
@@ -252,11 +264,11 @@ async fn listen(db: &PgPool) -> Option<PgListener> {
     }
 }
 
-/// Waits for a notification; `false` when there is no working listener.
+/// Waits for a notification; `false` at once when there is no working listener.
 async fn recv(listener: &mut Option<PgListener>) -> bool {
     match listener {
         Some(l) => l.try_recv().await.is_ok_and(|n| n.is_some()),
-        None => std::future::pending().await,
+        None => false,
     }
 }
 
@@ -278,25 +290,11 @@ async fn execute(
             attempt: job.attempts,
         };
         let outcome = match registry.handler(&job.kind) {
-            None => Err(anyhow::anyhow!("no handler is registered for job kind `{}`", job.kind)),
-            Some(handler) => {
-                // Its own task, so a panic is a failed attempt rather than a dead worker.
-                let mut work = tokio::spawn(handler(job.payload.clone(), context));
-                let mut renew = tokio::time::interval(config.lease / 3);
-                renew.tick().await;
-                loop {
-                    tokio::select! {
-                        joined = &mut work => break joined.unwrap_or_else(|error| {
-                            Err(anyhow::anyhow!("the job panicked: {error}"))
-                        }),
-                        _ = renew.tick() => {
-                            if let Err(error) = queue::extend_leases(&db, &config.id, &[job.id], config.lease).await {
-                                tracing::warn!(%error, "renewing the lease failed");
-                            }
-                        }
-                    }
-                }
-            }
+            None => Err(anyhow::anyhow!(
+                "no handler is registered for job kind `{}`",
+                job.kind
+            )),
+            Some(handler) => run_leased(&db, &config, &job, handler, context).await,
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         // If the outcome cannot be written, the lease runs out and the job runs again.
@@ -306,6 +304,52 @@ async fn execute(
     }
     .instrument(span)
     .await;
+}
+
+/// Runs the job in its own task (so a panic is a failed attempt, not a dead worker) while
+/// renewing its lease, and stops it when it runs past its timeout or the lease is lost (then
+/// another worker may already be running it).
+async fn run_leased(
+    db: &PgPool,
+    config: &WorkerConfig,
+    job: &ClaimedJob,
+    handler: &Handler,
+    context: JobContext,
+) -> anyhow::Result<()> {
+    let mut work = tokio::spawn((handler.run)(job.payload.clone(), context));
+    let deadline = tokio::time::sleep(handler.timeout);
+    tokio::pin!(deadline);
+    let mut renew = tokio::time::interval(config.lease / 3);
+    renew.tick().await;
+    let mut last_renewed = Instant::now();
+    loop {
+        tokio::select! {
+            joined = &mut work => {
+                return joined.unwrap_or_else(|error| Err(anyhow::anyhow!("the job panicked: {error}")));
+            }
+            () = &mut deadline => {
+                work.abort();
+                anyhow::bail!("stopped after running for {} s (its timeout)", handler.timeout.as_secs());
+            }
+            _ = renew.tick() => {
+                match queue::extend_lease(db, &config.id, job.id, config.lease).await {
+                    Ok(true) => last_renewed = Instant::now(),
+                    Ok(false) => {
+                        work.abort();
+                        anyhow::bail!("stopped: the lease was lost to another worker");
+                    }
+                    // A failed renewal is retried at the next tick, until the lease runs out.
+                    Err(error) if last_renewed.elapsed() < config.lease => {
+                        tracing::warn!(%error, "renewing the lease failed");
+                    }
+                    Err(error) => {
+                        work.abort();
+                        anyhow::bail!("stopped: the lease could not be renewed ({error})");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Writes a run's outcome to the queue, logs it and counts it (`keel_jobs_total`, exported at

@@ -3,12 +3,14 @@
 //! `emails/layout.html`). [`enqueue`] renders it into the `emails` outbox inside the caller's
 //! transaction, with a [`DeliverEmail`] job; the job sends it over SMTP and marks it sent.
 //!
-//! Exactly once: the row is marked sent in the statement right after the SMTP server accepts
-//! the message, and a job finding it sent does nothing. The one window left is a crash
-//! between the server's acceptance and that write; the Message-ID is the same on every
-//! attempt, so the receiving side can drop the duplicate. A 4xx answer (or no answer within
-//! the timeout) fails the attempt and the job retries with backoff; a 5xx (the recipient or the
-//! message refused for good) marks the email failed and stops.
+//! Exactly once: delivery holds the email's row locked (`FOR UPDATE SKIP LOCKED`) while it
+//! talks to the SMTP server and marks it sent in that same transaction, so two workers never
+//! send one email, and a job finding it sent does nothing. The one window left is a crash
+//! between the server's acceptance and the commit; the Message-ID is the same on every
+//! attempt, so the receiving side can drop the duplicate. A refusal of the recipient or the
+//! message (550–554) marks the email failed and stops; anything else (4xx, no answer, a
+//! refused login) fails the attempt and the job retries with backoff, and the last attempt
+//! marks the email failed.
 
 mod templates;
 
@@ -30,10 +32,9 @@ use crate::{
 
 pub use templates::SmtpTest;
 
-/// Each SMTP command may take this long before the attempt counts as failed.
+/// Each SMTP command may take this long before the attempt counts as failed. (No timeout
+/// around the whole send: cutting a pooled SMTP session midway would leave it out of step.)
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// A whole delivery attempt may take this long.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An email rendered from its templates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,21 +123,29 @@ impl Mailer {
                 email.html.clone(),
             ))
             .map_err(|e| DeliveryError::Permanent(format!("building the message: {e}")))?;
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, transport.send(message)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) if error.is_permanent() => Err(DeliveryError::Permanent(error.to_string())),
-            Ok(Err(error)) => Err(DeliveryError::Transient(error.to_string())),
-            Err(_) => Err(DeliveryError::Transient(format!(
-                "no answer within {} s",
-                ATTEMPT_TIMEOUT.as_secs()
-            ))),
+        match transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(error) if refuses_recipient_or_message(&error) => {
+                Err(DeliveryError::Permanent(error.to_string()))
+            }
+            Err(error) => Err(DeliveryError::Transient(error.to_string())),
         }
     }
 }
 
+/// 550–554: this mailbox or this message is refused, and retrying will not change that. Other
+/// 5xx answers (a failed login, TLS required, a syntax error) are about our setup: retried,
+/// so that fixing the setup delivers the email.
+fn refuses_recipient_or_message(error: &lettre::transport::smtp::Error) -> bool {
+    error.is_permanent()
+        && error
+            .status()
+            .is_some_and(|code| (550..=554).contains(&u16::from(code)))
+}
+
 /// Renders `email` into the outbox for `to`, with its delivery job, on `conn` (inside the
 /// caller's transaction). `false` when an email with `idempotency_key` was already queued.
-#[tracing::instrument(skip_all, fields(idempotency_key))]
+#[tracing::instrument(skip_all, fields(idempotency_key = %idempotency_key))]
 pub async fn enqueue(
     conn: &mut PgConnection,
     mailer: &Mailer,
@@ -173,66 +182,105 @@ pub struct DeliverEmail {
 
 impl Job for DeliverEmail {
     const KIND: &'static str = "mail.deliver";
-    /// With the default backoff, about a day and a half of retries.
-    const MAX_ATTEMPTS: i32 = 16;
+    /// With the default backoff (5 s doubling, at most an hour, jittered), between about 19 and
+    /// 38 hours of retries: an SMTP outage of a day loses nothing.
+    const MAX_ATTEMPTS: i32 = 48;
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let mut tx = context.db.begin().await?;
+        // Locked for the whole delivery: a second worker (after a lost lease) skips it.
         let pending = sqlx::query!(
-            "SELECT recipient, subject, text_body, html_body, message_id
-             FROM emails WHERE id = $1 AND status = 'pending'",
+            "SELECT recipient, subject, text_body, html_body, message_id, status
+             FROM emails WHERE id = $1
+             FOR UPDATE SKIP LOCKED",
             self.email_id,
         )
-        .fetch_optional(&context.db)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(email) = pending else {
+            anyhow::bail!(
+                "email {} is being delivered by another worker (or is gone)",
+                self.email_id
+            );
+        };
         // Sent or failed by an earlier attempt: nothing left to do.
-        let Some(email) = pending else { return Ok(()) };
+        if email.status != "pending" {
+            return Ok(());
+        }
         let rendered = Rendered {
             subject: email.subject,
             text: email.text_body,
             html: email.html_body,
         };
-        match context
+        let (status, error) = match context
             .mailer
             .deliver(&email.recipient, &rendered, &email.message_id)
             .await
         {
-            Ok(()) => {
-                sqlx::query!(
-                    "UPDATE emails SET status = 'sent', sent_at = now(), last_error = NULL WHERE id = $1",
-                    self.email_id
-                )
-                .execute(&context.db)
-                .await
-                .context("marking the email sent")?;
+            Ok(()) => ("sent", None),
+            Err(DeliveryError::Permanent(reason)) => ("failed", Some(reason)),
+            Err(DeliveryError::Transient(reason)) if context.attempt >= Self::MAX_ATTEMPTS => (
+                "failed",
+                Some(format!("gave up after {} attempts: {reason}", context.attempt)),
+            ),
+            Err(DeliveryError::Transient(reason)) => ("pending", Some(reason)),
+        };
+        sqlx::query!(
+            "UPDATE emails
+             SET status = $2, last_error = $3, sent_at = CASE WHEN $2 = 'sent' THEN now() END
+             WHERE id = $1",
+            self.email_id,
+            status,
+            error,
+        )
+        .execute(&mut *tx)
+        .await
+        .context("recording the delivery")?;
+        tx.commit().await.context("recording the delivery")?;
+        match (status, error) {
+            ("sent", _) => {
                 tracing::info!(email_id = self.email_id, "email sent");
                 Ok(())
             }
-            Err(DeliveryError::Permanent(reason)) => {
-                sqlx::query!(
-                    "UPDATE emails SET status = 'failed', last_error = $2 WHERE id = $1",
-                    self.email_id,
-                    reason,
-                )
-                .execute(&context.db)
-                .await
-                .context("marking the email failed")?;
+            ("pending", Some(reason)) => anyhow::bail!("delivery failed, will retry: {reason}"),
+            (_, reason) => {
                 tracing::warn!(
                     email_id = self.email_id,
                     reason,
-                    "email refused for good; not retrying"
+                    "email not delivered; not retrying"
                 );
+                // The last transient failure also fails the job, so it shows in `keel jobs list`.
+                if context.attempt >= Self::MAX_ATTEMPTS
+                    && reason.as_deref().is_some_and(|r| r.starts_with("gave up"))
+                {
+                    anyhow::bail!("{}", reason.unwrap_or_default());
+                }
                 Ok(())
             }
-            Err(DeliveryError::Transient(reason)) => {
-                sqlx::query!(
-                    "UPDATE emails SET last_error = $2 WHERE id = $1",
-                    self.email_id,
-                    reason
-                )
-                .execute(&context.db)
-                .await?;
-                anyhow::bail!("delivery failed, will retry: {reason}")
-            }
         }
+    }
+}
+
+/// Deletes sent and failed emails older than `older_than_days`: they hold message bodies,
+/// with links and tokens, that are no use once delivered.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PurgeOldEmails {
+    pub older_than_days: u32,
+}
+
+impl Job for PurgeOldEmails {
+    const KIND: &'static str = "mail.purge_old";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let purged = sqlx::query!(
+            "DELETE FROM emails
+             WHERE status IN ('sent', 'failed') AND created_at < now() - make_interval(days => $1)",
+            self.older_than_days as i32,
+        )
+        .execute(&context.db)
+        .await?
+        .rows_affected();
+        tracing::info!(purged, "purged old emails");
+        Ok(())
     }
 }

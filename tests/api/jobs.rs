@@ -69,6 +69,19 @@ impl Job for HangsOnce {
     }
 }
 
+/// Hangs on its first attempt, which its short timeout stops; later attempts finish.
+#[derive(Serialize, Deserialize)]
+struct HangsOnceBriefly;
+
+impl Job for HangsOnceBriefly {
+    const KIND: &'static str = "test.hangs_once_briefly";
+    const TIMEOUT: Duration = Duration::from_millis(300);
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        HangsOnce.run(context).await
+    }
+}
+
 /// Scheduled: records the period it was enqueued for.
 #[derive(Serialize, Deserialize)]
 struct Tick {
@@ -99,6 +112,7 @@ fn registry() -> Registry {
         .register::<Record>()
         .register::<FailsUntilFixed>()
         .register::<HangsOnce>()
+        .register::<HangsOnceBriefly>()
         .register::<Tick>()
 }
 
@@ -283,6 +297,67 @@ async fn a_failing_job_backs_off_goes_dead_and_can_be_revived_with_keel_jobs_ret
     assert_eq!(count(&pool, "SELECT count(*) FROM test_job_runs").await, 5);
     // Retrying a job that is gone says so.
     assert!(!jobs::retry(&mut conn, id).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_attempt_that_hangs_is_stopped_at_its_timeout_and_retried() {
+    let (_database, pool) = queue_database().await;
+    let mut conn = pool.acquire().await.unwrap();
+    jobs::enqueue(&mut conn, &HangsOnceBriefly).await.unwrap();
+    let _worker = start_worker(&pool, Schedule::new()).drop_guard();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs WHERE label = 'finished'",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        runs,
+        [
+            ("started".into(), 1),
+            ("started".into(), 2),
+            ("finished".into(), 2)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_worker_leaves_alone_the_kinds_it_cannot_run() {
+    let (_database, pool) = queue_database().await;
+    // Written by a newer version, say, that this worker does not know yet.
+    sqlx::query("INSERT INTO jobs (kind, payload, max_attempts) VALUES ('from.the.future', '{}', 3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    jobs::enqueue(
+        &mut conn,
+        &Record {
+            label: "known".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let _worker = start_worker(&pool, Schedule::new()).drop_guard();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // past a poll
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM jobs WHERE kind = 'from.the.future'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("queued", 0));
 }
 
 /// `keel jobs ARGS…` against `database`: exit code and stdout.

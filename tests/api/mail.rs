@@ -148,6 +148,71 @@ async fn fifty_emails_arrive_exactly_once_through_a_server_that_asks_to_retry() 
     );
 }
 
+#[tokio::test]
+async fn a_setup_problem_is_retried_until_fixed_not_marked_failed() {
+    let smtp = FakeSmtp::start(Behaviour::default()).await;
+    smtp.set_require_auth(true); // e.g. a rotated SMTP password: 530 for every message
+    let (_database, pool) = migrated_database().await;
+    let mailer = Mailer::new("keel <noreply@example.com>", Some(&smtp.url())).unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    mail::enqueue(
+        &mut conn,
+        &mailer,
+        "user@example.com",
+        "setup:1",
+        &Notice { number: 1 },
+    )
+    .await
+    .unwrap();
+
+    let config = WorkerConfig {
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+        },
+        ..WorkerConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        Worker::new(pool.clone(), mailer, jobs::registry(), Schedule::new(), config).run(shutdown.clone()),
+    );
+    let _stop = shutdown.drop_guard();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if attempts >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {attempts} attempts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, error): (String, String) = sqlx::query_as("SELECT status, last_error FROM emails")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "pending", "a 530 is about our setup, not the recipient");
+    assert!(error.contains("530"), "{error}");
+
+    smtp.set_require_auth(false); // the operator fixes SMTP_URL
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM emails")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if status == "sent" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(smtp.accepted().len(), 1);
+}
+
 async fn send_test_email(smtp_url: &str, to: &str) -> (Option<i32>, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
     command

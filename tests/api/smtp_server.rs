@@ -4,7 +4,7 @@
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use tokio::{
@@ -30,6 +30,8 @@ pub struct Behaviour {
 #[derive(Default)]
 struct State {
     behaviour: Behaviour,
+    /// While set, MAIL FROM gets 530 (authentication required): a setup problem.
+    require_auth: AtomicBool,
     data_commands: AtomicUsize,
     failed_data: AtomicUsize,
     accepted: Mutex<Vec<Accepted>>,
@@ -67,6 +69,10 @@ impl FakeSmtp {
         self.state.accepted.lock().unwrap().clone()
     }
 
+    pub fn set_require_auth(&self, on: bool) {
+        self.state.require_auth.store(on, Ordering::SeqCst);
+    }
+
     pub fn failed_data_commands(&self) -> usize {
         self.state.failed_data.load(Ordering::SeqCst)
     }
@@ -83,7 +89,11 @@ async fn session(stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             b"250 fake.test\r\n"
         } else if upper.starts_with("MAIL FROM:") {
             recipients.clear();
-            b"250 OK\r\n"
+            if state.require_auth.load(Ordering::SeqCst) {
+                b"530 5.7.0 authentication required\r\n"
+            } else {
+                b"250 OK\r\n"
+            }
         } else if upper.starts_with("RCPT TO:") {
             let address = line[8..]
                 .trim()
