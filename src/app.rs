@@ -39,6 +39,7 @@ impl App {
     /// migrations, prepares the (lazy) Redis connection, and binds `BIND_ADDR` (port 0 picks a
     /// free port: see [`App::port`]).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::telemetry::metrics();
         let db = db::connect(&config).await?;
         db::migrate(&db).await?;
         let cache = Cache::connect(&config)?;

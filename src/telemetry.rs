@@ -1,5 +1,6 @@
-//! Logging: one `tracing` subscriber for the process, human-readable in development and JSON
-//! lines in production, written to stdout. `RUST_LOG` overrides the default filter.
+//! Logging and metrics. Logging: one `tracing` subscriber for the process, human-readable in
+//! development and JSON lines in production, written to stdout; `RUST_LOG` overrides the
+//! default filter. Metrics: one Prometheus recorder for the process ([`metrics`]).
 //!
 //! Lines go into one shared in-memory buffer; a writer thread writes it out every
 //! `FLUSH_INTERVAL`, or at once for WARN and ERROR lines. So the access-log line of a request
@@ -14,12 +15,13 @@
 use std::{
     io::{self, Stdout, Write},
     sync::{
-        Condvar, LazyLock, Mutex, MutexGuard, PoisonError,
+        Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{Level, Metadata};
 use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter, prelude::*};
 
@@ -178,4 +180,27 @@ impl Write for EventWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Upper bounds (seconds) of the request-latency histogram buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use; `/metrics` renders it. Every
+/// `metrics::counter!`/`histogram!`/`gauge!` in keel records into it.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| unreachable!("the bucket list is not empty"));
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
 }

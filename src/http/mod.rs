@@ -7,6 +7,7 @@ mod assets;
 pub mod client_ip;
 mod errors;
 mod health;
+mod metrics;
 mod middleware;
 mod pages;
 pub mod rate_limit;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> 
     let site = Router::new()
         .merge(pages::router())
         .merge(assets::router())
+        .merge(metrics::router())
         .fallback(errors::not_found)
         .layer(RequestBodyLimitLayer::new(FORM_BODY_LIMIT))
         .layer(rate_limit);
@@ -86,6 +88,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> 
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(middleware::trace_layer())
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::map_response_with_state(
             Arc::new(middleware::security_headers(config)),
             middleware::add_security_headers,

@@ -101,6 +101,16 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<&'static str, St
     let database = DatabaseGuard::new(unique_database_name());
     let mut env = test_env(&database.name);
     customize(&mut env);
+    // Created here rather than by the app, so that tests can run it in production mode too.
+    let url = env["DATABASE_URL"].clone();
+    if !sqlx::Postgres::database_exists(&url)
+        .await
+        .expect("PostgreSQL answers")
+    {
+        sqlx::Postgres::create_database(&url)
+            .await
+            .expect("create the test database");
+    }
     let mut config = Config::from_lookup(|name| env.get(name).cloned()).expect("test configuration is valid");
     config.redis_key_prefix = format!("keel_test:{}:", database.name);
     let app = App::build(config).await.expect("app builds");
@@ -124,8 +134,7 @@ pub fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
-/// Drops its database when the test ends (the app creates it: development mode creates a
-/// missing database, the same path `cargo run` takes on a fresh machine).
+/// Drops its database when the test ends.
 pub struct DatabaseGuard {
     pub name: String,
 }

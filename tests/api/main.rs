@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod jobs;
 mod mail;
+mod metrics;
 mod pages;
 mod rate_limit;
 mod smtp_server;
