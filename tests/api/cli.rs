@@ -3,16 +3,14 @@
 
 use std::{
     collections::HashMap,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use crate::helpers::{
-    DatabaseGuard, TcpProxy, database_server_url_via, database_socket_addr, redis_url, spawn_app,
-    unique_database_name,
+    DatabaseGuard, TcpProxy, database_server_url_via, database_socket_addr, keel_command, redis_url,
+    run_keel, spawn_app, unique_database_name,
 };
-
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
 /// A complete production environment whose secrets are easy to spot in output.
 fn production_env() -> HashMap<&'static str, String> {
@@ -33,28 +31,8 @@ fn production_env() -> HashMap<&'static str, String> {
     .collect()
 }
 
-fn keel(args: &[&str], env: &HashMap<&'static str, String>) -> Command {
-    let mut command = Command::new(KEEL);
-    // Nothing from the developer's shell (or a .env) may leak in: run from an empty directory.
-    command
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(std::env::temp_dir());
-    if let Ok(path) = std::env::var("PATH") {
-        command.env("PATH", path);
-    }
-    command
-}
-
 fn run(args: &[&str], env: &HashMap<&'static str, String>) -> (i32, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = keel(args, env).output().expect("keel runs");
-    let text = String::from_utf8_lossy(&stdout).into_owned() + &String::from_utf8_lossy(&stderr);
-    (status.code().expect("exited, not killed"), text)
+    run_keel(args, env)
 }
 
 #[test]
@@ -207,7 +185,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let database = DatabaseGuard::new(unique_database_name());
     let port = free_port();
     let env = development_env(&database_server_url_via(proxy.addr), &database.name, port);
-    let child = keel(&["serve"], &env)
+    let child = keel_command(&["serve"], &env)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -278,6 +278,46 @@ pub fn database_server_url_via(addr: SocketAddr) -> String {
     url.as_str().trim_end_matches('/').to_owned()
 }
 
+/// The `keel` binary with exactly `env`: nothing from the developer's shell (or a `.env`,
+/// since it runs from the temp directory) may leak in.
+pub fn keel_command<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(std::env::temp_dir());
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    command
+}
+
+/// Runs `keel ARGS…` with `env` to the end: its exit code, and stdout followed by stderr.
+pub fn run_keel<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: impl IntoIterator<Item = (K, V)>,
+) -> (i32, String) {
+    let output = keel_command(args, env).output().expect("keel runs");
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().expect("exited, not killed"), text)
+}
+
+/// [`run_keel`] from async code.
+pub async fn run_keel_async(args: &[&str], env: Vec<(&'static str, String)>) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_keel(&args, env)
+    })
+    .await
+    .expect("keel runs")
+}
+
 /// A database of its own with every migration applied, without an app.
 pub async fn migrated_database() -> (DatabaseGuard, sqlx::PgPool) {
     let database = DatabaseGuard::new(unique_database_name());

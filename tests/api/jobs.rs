@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DatabaseGuard, migrated_database};
+use crate::helpers::{DatabaseGuard, migrated_database, run_keel_async};
 
 /// Records that it ran (with its attempt and the worker process) in `test_job_runs`.
 #[derive(Serialize, Deserialize)]
@@ -277,7 +277,7 @@ async fn a_failing_job_backs_off_goes_dead_and_can_be_revived_with_keel_jobs_ret
 
     // The operator sees it, fixes the cause, and revives it from the command line.
     let (code, listing) = keel_jobs(&database, &["list"]).await;
-    assert_eq!(code, Some(0));
+    assert_eq!(code, 0);
     assert!(
         listing.contains(&format!("{id}\ttest.fails_until_fixed\tdead\tattempts 4/4")),
         "{listing}"
@@ -289,7 +289,7 @@ async fn a_failing_job_backs_off_goes_dead_and_can_be_revived_with_keel_jobs_ret
         .await
         .unwrap();
     let (code, said) = keel_jobs(&database, &["retry", &id.to_string()]).await;
-    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(code, 0, "{said}");
     assert!(said.contains(&format!("job {id} queued to run now")), "{said}");
 
     let _worker = start_worker(&pool, Schedule::new()).drop_guard();
@@ -312,18 +312,7 @@ async fn an_attempt_that_hangs_is_stopped_at_its_timeout_and_retried() {
         Duration::from_secs(5),
     )
     .await;
-    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        runs,
-        [
-            ("started".into(), 1),
-            ("started".into(), 2),
-            ("finished".into(), 2)
-        ]
-    );
+    assert_cut_off_then_finished(&pool).await;
 }
 
 #[tokio::test]
@@ -360,24 +349,27 @@ async fn a_worker_leaves_alone_the_kinds_it_cannot_run() {
     assert_eq!((status.as_str(), attempts), ("queued", 0));
 }
 
-/// `keel jobs ARGS…` against `database`: exit code and stdout.
-async fn keel_jobs(database: &DatabaseGuard, args: &[&str]) -> (Option<i32>, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
-    command
-        .arg("jobs")
-        .args(args)
-        .env_clear()
-        .env("DATABASE_URL", database.url())
-        .env("LOG_FORMAT", "json")
-        .current_dir(std::env::temp_dir());
-    let output = tokio::task::spawn_blocking(move || command.output())
+/// A job that hangs once ran twice: the first attempt cut off, the second finished.
+async fn assert_cut_off_then_finished(pool: &PgPool) {
+    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
+        .fetch_all(pool)
         .await
-        .unwrap()
         .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
+    let expected = [("started", 1), ("started", 2), ("finished", 2)].map(|(l, a)| (l.to_owned(), a));
+    assert_eq!(runs, expected);
+}
+
+/// `keel jobs ARGS…` against `database`.
+async fn keel_jobs(database: &DatabaseGuard, args: &[&str]) -> (i32, String) {
+    let args: Vec<&str> = ["jobs"].into_iter().chain(args.iter().copied()).collect();
+    run_keel_async(
+        &args,
+        vec![
+            ("DATABASE_URL", database.url()),
+            ("LOG_FORMAT", "json".to_owned()),
+        ],
     )
+    .await
 }
 
 /// This test binary, run again as a worker process on `database`.
@@ -444,18 +436,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
         Duration::from_secs(15),
     )
     .await;
-    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        runs,
-        [
-            ("started".into(), 1),
-            ("started".into(), 2),
-            ("finished".into(), 2)
-        ]
-    );
+    assert_cut_off_then_finished(&pool).await;
     wait_for_count(&pool, "SELECT 1 - count(*) FROM jobs", 1, Duration::from_secs(2)).await;
 }
 

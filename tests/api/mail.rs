@@ -11,7 +11,7 @@ use keel::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    helpers::migrated_database,
+    helpers::{migrated_database, run_keel_async},
     smtp_server::{Behaviour, FakeSmtp},
 };
 
@@ -213,23 +213,14 @@ async fn a_setup_problem_is_retried_until_fixed_not_marked_failed() {
     assert_eq!(smtp.accepted().len(), 1);
 }
 
-async fn send_test_email(smtp_url: &str, to: &str) -> (Option<i32>, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keel"));
-    command
-        .args(["send-test-email", to])
-        .env_clear()
-        .env("SMTP_URL", smtp_url)
-        .env("EMAIL_FROM", "Acme <hello@acme.test>")
-        .env("BASE_URL", "https://app.acme.test")
-        .env("LOG_FORMAT", "json")
-        .current_dir(std::env::temp_dir());
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code(), text)
+async fn send_test_email(smtp_url: &str, to: &str) -> (i32, String) {
+    let env = vec![
+        ("SMTP_URL", smtp_url.to_owned()),
+        ("EMAIL_FROM", "Acme <hello@acme.test>".to_owned()),
+        ("BASE_URL", "https://app.acme.test".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    run_keel_async(&["send-test-email", to], env).await
 }
 
 #[tokio::test]
@@ -240,7 +231,7 @@ async fn send_test_email_reports_what_the_smtp_server_said() {
     })
     .await;
     let (code, output) = send_test_email(&smtp.url(), "ops@acme.test").await;
-    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(code, 0, "{output}");
     assert!(
         output.contains("test email to ops@acme.test accepted"),
         "{output}"
@@ -251,11 +242,11 @@ async fn send_test_email_reports_what_the_smtp_server_said() {
     assert!(accepted[0].data.contains("https://app.acme.test/"));
 
     let (code, output) = send_test_email(&smtp.url(), BOUNCE).await;
-    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(code, 1, "{output}");
     assert!(output.contains("550"), "{output}");
 
     // Nothing listens on port 1: a clear error, not a hang or a panic.
     let (code, output) = send_test_email("smtp://127.0.0.1:1", "ops@acme.test").await;
-    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(code, 1, "{output}");
     assert!(!output.contains("panicked"), "{output}");
 }
