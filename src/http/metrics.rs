@@ -68,8 +68,12 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 
 /// Counts requests (`keel_http_requests_total{method,route,status}`) and times them
 /// (`keel_http_request_duration_seconds{method,route}`). The route is the matched template,
-/// never the raw path, so scanners cannot create unbounded label values.
+/// never the raw path, so scanners cannot create unbounded label values. Probes are not
+/// counted (as they are not logged): `/health` has its own monitoring.
 pub async fn track(request: Request, next: Next) -> Response {
+    if super::middleware::is_probe(request.uri().path()) {
+        return next.run(request).await;
+    }
     let started = Instant::now();
     let method = request.method().as_str().to_owned();
     let route = request

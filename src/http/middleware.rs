@@ -31,8 +31,8 @@ pub fn drop_untrusted_request_id(mut request: Request) -> Request {
     request
 }
 
-/// Probes are polled every few seconds; logging each would drown the log.
-fn is_probe(path: &str) -> bool {
+/// Probes are polled every few seconds; logging or counting each would drown the signal.
+pub fn is_probe(path: &str) -> bool {
     path == "/health" || path == "/health/live"
 }
 
