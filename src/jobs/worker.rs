@@ -129,7 +129,6 @@ impl Worker {
         while !shutdown.is_cancelled() {
             // Take as many jobs as there are free slots.
             let free = slots.available_permits();
-            let mut claimed_all_free = false;
             if free > 0 {
                 // Bounded rather than cut off by the shutdown: a claim dropped midway may
                 // still commit, leaving its jobs leased (and an attempt spent) for nothing.
@@ -139,7 +138,7 @@ impl Worker {
                     .unwrap_or(Err(sqlx::Error::PoolTimedOut))
                 {
                     Ok(jobs) => {
-                        claimed_all_free = jobs.len() == free;
+                        // At most `free` jobs were claimed, so a permit is there for each.
                         for job in jobs {
                             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                                 break;
@@ -159,9 +158,6 @@ impl Worker {
                     }
                     Err(error) => tracing::warn!(%error, "claiming jobs failed; retrying"),
                 }
-            }
-            if claimed_all_free && slots.available_permits() > 0 {
-                continue;
             }
             // With every slot busy, only a finishing job (or the poll) can change anything.
             let sleep = if slots.available_permits() == 0 {

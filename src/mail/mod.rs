@@ -212,18 +212,22 @@ impl Job for DeliverEmail {
             text: email.text_body,
             html: email.html_body,
         };
-        let (status, error) = match context
+        let outcome = match context
             .mailer
             .deliver(&email.recipient, &rendered, &email.message_id)
             .await
         {
-            Ok(()) => ("sent", None),
-            Err(DeliveryError::Permanent(reason)) => ("failed", Some(reason)),
-            Err(DeliveryError::Transient(reason)) if context.attempt >= Self::MAX_ATTEMPTS => (
-                "failed",
-                Some(format!("gave up after {} attempts: {reason}", context.attempt)),
-            ),
-            Err(DeliveryError::Transient(reason)) => ("pending", Some(reason)),
+            Ok(()) => Outcome::Sent,
+            Err(DeliveryError::Permanent(reason)) => Outcome::Refused(reason),
+            Err(DeliveryError::Transient(reason)) if context.attempt >= Self::MAX_ATTEMPTS => {
+                Outcome::GaveUp(format!("gave up after {} attempts: {reason}", context.attempt))
+            }
+            Err(DeliveryError::Transient(reason)) => Outcome::Retry(reason),
+        };
+        let (status, error) = match &outcome {
+            Outcome::Sent => ("sent", None),
+            Outcome::Refused(reason) | Outcome::GaveUp(reason) => ("failed", Some(reason)),
+            Outcome::Retry(reason) => ("pending", Some(reason)),
         };
         sqlx::query!(
             "UPDATE emails
@@ -237,28 +241,35 @@ impl Job for DeliverEmail {
         .await
         .context("recording the delivery")?;
         tx.commit().await.context("recording the delivery")?;
-        match (status, error) {
-            ("sent", _) => {
+        match outcome {
+            Outcome::Sent => {
                 tracing::info!(email_id = self.email_id, "email sent");
                 Ok(())
             }
-            ("pending", Some(reason)) => anyhow::bail!("delivery failed, will retry: {reason}"),
-            (_, reason) => {
+            Outcome::Refused(reason) => {
                 tracing::warn!(
                     email_id = self.email_id,
                     reason,
-                    "email not delivered; not retrying"
+                    "email refused for good; not retrying"
                 );
-                // The last transient failure also fails the job, so it shows in `keel jobs list`.
-                if context.attempt >= Self::MAX_ATTEMPTS
-                    && reason.as_deref().is_some_and(|r| r.starts_with("gave up"))
-                {
-                    anyhow::bail!("{}", reason.unwrap_or_default());
-                }
                 Ok(())
             }
+            // Fails the job too, so it shows in `keel jobs list`.
+            Outcome::GaveUp(reason) => anyhow::bail!(reason),
+            Outcome::Retry(reason) => anyhow::bail!("delivery failed, will retry: {reason}"),
         }
     }
+}
+
+/// How one delivery attempt ended.
+enum Outcome {
+    Sent,
+    /// The server refused the recipient or the message (550–554).
+    Refused(String),
+    /// A transient failure on the last attempt.
+    GaveUp(String),
+    /// A transient failure with attempts left.
+    Retry(String),
 }
 
 /// Deletes sent and failed emails older than `older_than_days`: they hold message bodies,

@@ -252,3 +252,24 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     // After the stop nothing listens any more.
     assert!(client.get(format!("{base}/health/live")).send().await.is_err());
 }
+
+#[test]
+fn a_malformed_env_file_exits_2_without_echoing_its_line() {
+    let dir = std::env::temp_dir().join(format!("keel-dotenv-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "APP_ENV=development\nSECRET_KEY hunter2-SeCrEt\n",
+    )
+    .unwrap();
+    let output = keel_command(&["check-config"], HashMap::<&str, String>::new())
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text =
+        String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("error: .env: cannot parse the line"), "{text}");
+    assert!(!text.contains("SeCrEt"), "the line was echoed: {text}");
+}

@@ -318,6 +318,25 @@ pub async fn run_keel_async(args: &[&str], env: Vec<(&'static str, String)>) -> 
     .expect("keel runs")
 }
 
+/// Polls `check` until it returns `Some`, for at most `within`; panics with `what` and the
+/// last state (`check`'s `Err`) if it never does.
+pub async fn wait_until<T, F: Future<Output = Result<T, String>>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: still {state} after {within:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// A database of its own with every migration applied, without an app.
 pub async fn migrated_database() -> (DatabaseGuard, sqlx::PgPool) {
     let database = DatabaseGuard::new(unique_database_name());

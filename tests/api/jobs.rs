@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DatabaseGuard, migrated_database, run_keel_async};
+use crate::helpers::{DatabaseGuard, migrated_database, run_keel_async, wait_until};
 
 /// Records that it ran (with its attempt and the worker process) in `test_job_runs`.
 #[derive(Serialize, Deserialize)]
@@ -82,20 +82,6 @@ impl Job for HangsOnceBriefly {
     }
 }
 
-/// Scheduled: records the period it was enqueued for.
-#[derive(Serialize, Deserialize)]
-struct Tick {
-    period: String,
-}
-
-impl Job for Tick {
-    const KIND: &'static str = "test.tick";
-
-    async fn run(self, context: JobContext) -> anyhow::Result<()> {
-        record(&context, &self.period).await
-    }
-}
-
 async fn record(context: &JobContext, label: &str) -> anyhow::Result<()> {
     sqlx::query("INSERT INTO test_job_runs (label, job_id, attempt, pid) VALUES ($1, $2, $3, $4)")
         .bind(label)
@@ -113,7 +99,6 @@ fn registry() -> Registry {
         .register::<FailsUntilFixed>()
         .register::<HangsOnce>()
         .register::<HangsOnceBriefly>()
-        .register::<Tick>()
 }
 
 /// No job here sends email: the mailer writes to the log.
@@ -165,18 +150,15 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 /// Polls `sql` (a count) until it reaches `expected`, for at most `within`.
 async fn wait_for_count(pool: &PgPool, sql: &'static str, expected: i64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_until(sql, within, || async {
         let now = count(pool, sql).await;
         if now >= expected {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{now}, expected {expected}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "`{sql}` stayed at {now}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -500,8 +482,8 @@ async fn two_worker_processes_run_each_of_200_jobs_exactly_once() {
 async fn scheduled_work_runs_once_per_period_across_instances() {
     let (_database, pool) = queue_database().await;
     let schedule = || {
-        Schedule::new().every("tick", Duration::from_secs(1), |start| Tick {
-            period: start.unix_timestamp().to_string(),
+        Schedule::new().every("tick", Duration::from_secs(1), |start| Record {
+            label: start.unix_timestamp().to_string(),
         })
     };
     // Two instances, each with its own pool, as two processes would have.

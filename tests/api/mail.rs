@@ -8,10 +8,10 @@ use keel::{
     jobs::{self, Backoff, Schedule, Worker, WorkerConfig},
     mail::{self, Email, Mailer, Rendered},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
-    helpers::{migrated_database, run_keel_async},
+    helpers::{migrated_database, run_keel_async, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
 };
 
@@ -30,6 +30,22 @@ impl Email for Notice {
 }
 
 const BOUNCE: &str = "bounce@example.com";
+
+/// A worker running keel's own jobs with short retry delays, until the guard drops.
+fn start_delivery(pool: &sqlx::PgPool, mailer: Mailer) -> DropGuard {
+    let config = WorkerConfig {
+        backoff: Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(200),
+        },
+        ..WorkerConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(
+        Worker::new(pool.clone(), mailer, jobs::registry(), Schedule::new(), config).run(shutdown.clone()),
+    );
+    shutdown.drop_guard()
+}
 
 #[tokio::test]
 async fn fifty_emails_arrive_exactly_once_through_a_server_that_asks_to_retry() {
@@ -72,35 +88,21 @@ async fn fifty_emails_arrive_exactly_once_through_a_server_that_asks_to_retry() 
     );
     tx.commit().await.unwrap();
 
-    let config = WorkerConfig {
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-        },
-        ..WorkerConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    let worker = Worker::new(pool.clone(), mailer, jobs::registry(), Schedule::new(), config);
-    tokio::spawn(worker.run(shutdown.clone()));
-    let _stop = shutdown.drop_guard();
+    let _worker = start_delivery(&pool, mailer);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until("emails pending or jobs left", Duration::from_secs(30), || async {
         let (pending, jobs_left): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM emails WHERE status = 'pending'), (SELECT count(*) FROM jobs)",
         )
         .fetch_one(&pool)
         .await
         .unwrap();
-        if pending == 0 && jobs_left == 0 {
-            break;
+        match (pending, jobs_left) {
+            (0, 0) => Ok(()),
+            state => Err(format!("{state:?}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{pending} emails pending, {jobs_left} jobs left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let statuses: HashMap<String, i64> =
         sqlx::query_as("SELECT status, count(*) FROM emails GROUP BY status")
@@ -165,31 +167,20 @@ async fn a_setup_problem_is_retried_until_fixed_not_marked_failed() {
     .await
     .unwrap();
 
-    let config = WorkerConfig {
-        backoff: Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(200),
-        },
-        ..WorkerConfig::default()
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(
-        Worker::new(pool.clone(), mailer, jobs::registry(), Schedule::new(), config).run(shutdown.clone()),
-    );
-    let _stop = shutdown.drop_guard();
+    let _worker = start_delivery(&pool, mailer);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("three attempts", Duration::from_secs(10), || async {
         let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs")
             .fetch_one(&pool)
             .await
             .unwrap();
         if attempts >= 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{attempts} attempts"))
         }
-        assert!(std::time::Instant::now() < deadline, "only {attempts} attempts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let (status, error): (String, String) = sqlx::query_as("SELECT status, last_error FROM emails")
         .fetch_one(&pool)
         .await
@@ -198,18 +189,14 @@ async fn a_setup_problem_is_retried_until_fixed_not_marked_failed() {
     assert!(error.contains("530"), "{error}");
 
     smtp.set_require_auth(false); // the operator fixes SMTP_URL
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("the email sent", Duration::from_secs(10), || async {
         let status: String = sqlx::query_scalar("SELECT status FROM emails")
             .fetch_one(&pool)
             .await
             .unwrap();
-        if status == "sent" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if status == "sent" { Ok(()) } else { Err(status) }
+    })
+    .await;
     assert_eq!(smtp.accepted().len(), 1);
 }
 
