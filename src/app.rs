@@ -9,13 +9,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    accounts::Accounts,
     cache::Cache,
     config::Config,
     db,
     health::HealthChecker,
     http::{
         self, AppState, Services,
+        csrf::CsrfKey,
         rate_limit::{self, Limiter},
+        session::CookieNames,
     },
     jobs::{self, Worker, WorkerConfig},
     mail::Mailer,
@@ -29,7 +32,7 @@ const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct App {
     listener: TcpListener,
     router: Router,
-    limiter: Limiter,
+    limiters: Vec<Limiter>,
     state: AppState,
     worker: Option<Worker>,
 }
@@ -47,14 +50,18 @@ impl App {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("binding BIND_ADDR {}", config.bind_addr))?;
+        let mailer = Mailer::from_config(&config)?;
+        let accounts = Accounts::new(db.clone(), mailer.clone(), cache.clone());
         let state = AppState::new(Services {
+            csrf: CsrfKey::new(&config.secret_key),
+            cookies: CookieNames::new(config.base_url.scheme() == "https"),
             config,
             db,
             cache,
             health,
+            accounts,
         });
-        let (router, limiter) = http::router(state.clone())?;
-        let mailer = Mailer::from_config(&state.config)?;
+        let (router, limiters) = http::router(state.clone())?;
         let worker = Worker::new(
             state.db.clone(),
             mailer,
@@ -65,7 +72,7 @@ impl App {
         Ok(Self {
             listener,
             router,
-            limiter,
+            limiters,
             state,
             worker: Some(worker),
         })
@@ -96,7 +103,7 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let drain_timeout = self.state.config.shutdown_timeout;
-        tokio::spawn(rate_limit::forget_quiet_clients(self.limiter, shutdown.clone()));
+        tokio::spawn(rate_limit::forget_quiet_clients(self.limiters, shutdown.clone()));
         let worker = self
             .worker
             .map(|worker| tokio::spawn(worker.run(shutdown.clone())));

@@ -42,6 +42,11 @@ impl Cache {
         format!("{}{name}", self.prefix)
     }
 
+    /// A handle on the shared connection, for commands of a feature's own.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
         redis::cmd("PING")

@@ -26,18 +26,43 @@ pub enum AppError {
     /// A dependency (PostgreSQL, Redis, Stripe) is down or too slow: 503, try again later.
     #[error("dependency unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The request was understood and refused (a missing or wrong CSRF token); the message
+    /// is shown to the client.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(#[source] anyhow::Error),
+}
+
+/// Whether a database error means "the database is unreachable" (503) rather than a bug.
+fn database_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
+    )
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolClosed => AppError::Unavailable(error.into()),
-            other => AppError::Internal(other.into()),
+        if database_unavailable(&error) {
+            AppError::Unavailable(error.into())
+        } else {
+            AppError::Internal(error.into())
+        }
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(error: anyhow::Error) -> Self {
+        let unavailable = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(database_unavailable)
+        });
+        if unavailable {
+            AppError::Unavailable(error)
+        } else {
+            AppError::Internal(error)
         }
     }
 }
@@ -55,6 +80,7 @@ impl AppError {
         match self {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,7 +93,7 @@ impl IntoResponse for AppError {
         let mut response = self.status().into_response();
         let report = match self {
             AppError::NotFound => ErrorReport::default(),
-            AppError::BadRequest(message) => ErrorReport {
+            AppError::BadRequest(message) | AppError::Forbidden(message) => ErrorReport {
                 public_message: Some(message),
                 cause: None,
             },

@@ -1,6 +1,8 @@
 //! keel: a single-binary SaaS starter kit. `main.rs` is only the command line; everything else
 //! lives here so the integration tests build the very same application.
 
+/// Users, teams, sessions, email verification and password resets.
+pub mod accounts;
 /// Assembles the application (`App::build`) and runs it until shutdown.
 pub mod app;
 /// The Redis connection.

@@ -3,14 +3,18 @@
 //! Handlers live in one file per area; they parse input, call feature code and render.
 //! Nothing outside `http` imports from it.
 
+mod account;
 mod assets;
+mod auth;
 pub mod client_ip;
+pub mod csrf;
 mod errors;
 mod health;
 mod metrics;
 mod middleware;
 mod pages;
 pub mod rate_limit;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -18,7 +22,9 @@ use askama::Template;
 use axum::{
     Router,
     http::{HeaderName, StatusCode},
+    middleware::{from_extractor_with_state, from_fn, from_fn_with_state},
     response::Html,
+    routing::{MethodRouter, get, post},
 };
 use sqlx::PgPool;
 use tower::ServiceBuilder;
@@ -30,7 +36,8 @@ use tower_http::{
     timeout::TimeoutLayer,
 };
 
-use crate::{cache::Cache, config::Config, error::AppError, health::HealthChecker};
+use self::{csrf::CsrfKey, session::CookieNames};
+use crate::{accounts::Accounts, cache::Cache, config::Config, error::AppError, health::HealthChecker};
 
 /// Largest body a form route accepts; larger gets 413.
 pub const FORM_BODY_LIMIT: usize = 64 * 1024;
@@ -49,6 +56,9 @@ pub struct Services {
     pub db: PgPool,
     pub cache: Cache,
     pub health: HealthChecker,
+    pub accounts: Accounts,
+    pub csrf: CsrfKey,
+    pub cookies: CookieNames,
 }
 
 impl AppState {
@@ -65,18 +75,63 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole application as one `Router`, and the rate limiter whose memory the caller must
+/// The whole application as one `Router`, and the rate limiters whose memory the caller must
 /// trim now and then (see [`rate_limit::forget_quiet_clients`]).
-pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> {
+pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limiter>)> {
     let config = &state.config;
-    let (rate_limit, limiter) = rate_limit::layer(config.rate_limits, &config.trusted_proxies)?;
+    let (rate_limit, site_limiter) = rate_limit::layer(config.rate_limits, &config.trusted_proxies)?;
+    let (auth_rate_limit, auth_limiter) =
+        rate_limit::auth_forms_layer(config.rate_limits, &config.trusted_proxies)?;
 
-    // Pages and forms: rate limited per client, small bodies.
+    // `form(…)`: a route that changes state; its POST needs a valid CSRF token.
+    let form = |methods: MethodRouter<AppState>| methods.route_layer(from_fn(csrf::require));
+
+    // Anyone may see these.
+    let public = Router::new()
+        .route("/", get(pages::landing))
+        .route("/pricing", get(pages::pricing))
+        .route("/logout", form(post(auth::logout)))
+        .route("/verify-email", get(auth::verify_email));
+
+    // The account forms: their POSTs are also under the stricter auth limit.
+    let auth_forms = Router::new()
+        .route("/signup", form(get(auth::signup_form).post(auth::signup)))
+        .route("/login", form(get(auth::login_form).post(auth::login)))
+        .route(
+            "/forgot-password",
+            form(get(auth::forgot_password_form).post(auth::forgot_password)),
+        )
+        .route(
+            "/reset-password",
+            form(get(auth::reset_password_form).post(auth::reset_password)),
+        )
+        .route_layer(auth_rate_limit.clone());
+
+    // Signed-in users only; anyone else is sent to /login?next=….
+    let signed_in = Router::new()
+        .route("/dashboard", get(account::dashboard))
+        .route("/settings", get(account::settings))
+        .route(
+            "/settings/password",
+            form(post(account::change_password)).layer(auth_rate_limit),
+        )
+        .route(
+            "/settings/resend-verification",
+            form(post(account::resend_verification)),
+        )
+        .route_layer(from_extractor_with_state::<session::CurrentUser, _>(
+            state.clone(),
+        ));
+
+    // Pages and forms: rate limited per client, small bodies, a CSRF context on every request.
     let site = Router::new()
-        .merge(pages::router())
+        .merge(public)
+        .merge(auth_forms)
+        .merge(signed_in)
         .merge(assets::router())
         .merge(metrics::router())
         .fallback(errors::not_found)
+        .layer(from_fn_with_state(state.clone(), csrf::context))
         .layer(RequestBodyLimitLayer::new(FORM_BODY_LIMIT))
         .layer(rate_limit);
 
@@ -106,7 +161,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, rate_limit::Limiter)> 
         .merge(site)
         .layer(stack)
         .with_state(state);
-    Ok((router, limiter))
+    Ok((router, vec![site_limiter, auth_limiter]))
 }
 
 /// Renders an askama template into an HTML response.

@@ -1,32 +1,60 @@
-//! Public pages: the landing page and pricing.
+//! Public pages (landing, pricing) and the layout every page shares.
 
 use askama::Template;
-use axum::{Router, extract::State, response::Html, routing::get};
+use axum::{
+    extract::{FromRequestParts, State},
+    http::request::Parts,
+    response::Html,
+};
 
-use super::{AppState, assets, render};
-use crate::error::Result;
+use super::{AppState, assets, csrf::CsrfToken, render, session::MaybeUser};
+use crate::error::{AppError, Result};
 
-/// What the base layout (`templates/layout.html`) needs on every page.
+/// What the base layout (`templates/layout.html`) needs on every page. Handlers take it as an
+/// extractor; it knows who is signed in (for the navigation and the banners).
 pub struct Layout {
     pub app_name: &'static str,
     pub stylesheet: &'static str,
     pub favicon: &'static str,
+    pub user: Option<LayoutUser>,
+}
+
+/// The signed-in user as the layout shows them.
+pub struct LayoutUser {
+    pub email: String,
+    pub email_verified: bool,
+    /// For the logout and resend-verification forms of the layout.
+    pub csrf_token: String,
 }
 
 impl Layout {
+    /// The layout for nobody in particular (error pages).
     pub fn new() -> Self {
         Self {
             app_name: "keel",
             stylesheet: assets::APP_CSS,
             favicon: assets::FAVICON_SVG,
+            user: None,
         }
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(landing))
-        .route("/pricing", get(pricing))
+impl FromRequestParts<AppState> for Layout {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
+        let mut layout = Layout::new();
+        if let Some(user) = user {
+            let CsrfToken(csrf_token) = CsrfToken::from_request_parts(parts, state).await?;
+            layout.user = Some(LayoutUser {
+                email: user.session.email,
+                email_verified: user.session.email_verified,
+                csrf_token,
+            });
+        }
+        Ok(layout)
+    }
 }
 
 #[derive(Template)]
@@ -35,10 +63,8 @@ struct LandingPage {
     layout: Layout,
 }
 
-async fn landing() -> Result<Html<String>> {
-    render(&LandingPage {
-        layout: Layout::new(),
-    })
+pub async fn landing(layout: Layout) -> Result<Html<String>> {
+    render(&LandingPage { layout })
 }
 
 /// One plan on the pricing page. Amounts come from Stripe once billing is wired in.
@@ -54,7 +80,7 @@ struct PricingPage {
     plans: Vec<PlanCard>,
 }
 
-async fn pricing(State(state): State<AppState>) -> Result<Html<String>> {
+pub async fn pricing(State(state): State<AppState>, layout: Layout) -> Result<Html<String>> {
     let plans = state
         .config
         .stripe
@@ -65,8 +91,5 @@ async fn pricing(State(state): State<AppState>) -> Result<Html<String>> {
             name: price.plan.display_name(),
         })
         .collect();
-    render(&PricingPage {
-        layout: Layout::new(),
-        plans,
-    })
+    render(&PricingPage { layout, plans })
 }

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use axum::{
     body::Body,
     extract::ConnectInfo,
-    http::Request,
+    http::{Method, Request},
     response::{IntoResponse, Response},
 };
 use governor::middleware::NoOpMiddleware;
@@ -47,18 +47,43 @@ impl KeyExtractor for ClientKey {
     }
 }
 
-pub fn layer(
-    limits: RateLimits,
+/// The site-wide limit: `limits.per_second` with bursts of `limits.burst`, every method.
+pub fn layer(limits: RateLimits, trusted_proxies: &[IpNet]) -> anyhow::Result<(Layer, Limiter)> {
+    build(
+        Duration::from_secs(1) / limits.per_second,
+        limits.burst,
+        None,
+        trusted_proxies,
+    )
+}
+
+/// The stricter limit of the auth forms (`AUTH_RATE_LIMIT_PER_MINUTE`): POSTs only, so
+/// showing a form is never refused.
+pub fn auth_forms_layer(limits: RateLimits, trusted_proxies: &[IpNet]) -> anyhow::Result<(Layer, Limiter)> {
+    build(
+        Duration::from_secs(60) / limits.auth_per_minute,
+        limits.auth_per_minute,
+        Some(vec![Method::POST]),
+        trusted_proxies,
+    )
+}
+
+pub type Layer = GovernorLayer<ClientKey, NoOpMiddleware, Body>;
+
+fn build(
+    period: Duration,
+    burst: u32,
+    methods: Option<Vec<Method>>,
     trusted_proxies: &[IpNet],
-) -> anyhow::Result<(GovernorLayer<ClientKey, NoOpMiddleware, Body>, Limiter)> {
-    let config = GovernorConfigBuilder::default()
-        .key_extractor(ClientKey {
-            trusted_proxies: trusted_proxies.into(),
-        })
-        .period(Duration::from_secs(1) / limits.per_second)
-        .burst_size(limits.burst)
-        .finish()
-        .context("rate limits must be at least 1")?;
+) -> anyhow::Result<(Layer, Limiter)> {
+    let mut builder = GovernorConfigBuilder::default().key_extractor(ClientKey {
+        trusted_proxies: trusted_proxies.into(),
+    });
+    builder.period(period).burst_size(burst);
+    if let Some(methods) = methods {
+        builder.methods(methods);
+    }
+    let config = builder.finish().context("rate limits must be at least 1")?;
     let limiter = Arc::clone(config.limiter());
     let layer = GovernorLayer::new(config).error_handler(too_many_requests);
     Ok((layer, limiter))
@@ -67,15 +92,17 @@ pub fn layer(
 /// How often the limiter forgets clients that have been quiet.
 const FORGET_PERIOD: Duration = Duration::from_secs(60);
 
-/// The limiter keeps a bucket per client it has seen; dropping the full (idle) ones now and
+/// A limiter keeps a bucket per client it has seen; dropping the full (idle) ones now and
 /// then keeps its memory flat. Runs until `shutdown`.
-pub async fn forget_quiet_clients(limiter: Limiter, shutdown: CancellationToken) {
+pub async fn forget_quiet_clients(limiters: Vec<Limiter>, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(FORGET_PERIOD);
     loop {
         tokio::select! {
             _ = interval.tick() => {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
+                for limiter in &limiters {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
             }
             () = shutdown.cancelled() => return,
         }

@@ -22,7 +22,10 @@ use std::{future::Future, pin::Pin, time::Duration};
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 
-use crate::mail::{DeliverEmail, Mailer, PurgeOldEmails};
+use crate::{
+    accounts::{PurgeExpiredAuth, SendPasswordReset},
+    mail::{DeliverEmail, Mailer, PurgeOldEmails},
+};
 
 pub use queue::{
     AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
@@ -107,16 +110,20 @@ pub fn registry() -> Registry {
         .register::<PurgeDeadJobs>()
         .register::<DeliverEmail>()
         .register::<PurgeOldEmails>()
+        .register::<SendPasswordReset>()
+        .register::<PurgeExpiredAuth>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.
 pub fn schedule() -> Schedule {
-    const DAY: Duration = Duration::from_secs(24 * 3600);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * HOUR.as_secs());
     Schedule::new()
         .every("purge-dead-jobs", DAY, |_| PurgeDeadJobs { older_than_days: 30 })
         .every("purge-old-emails", DAY, |_| PurgeOldEmails {
             older_than_days: 30,
         })
+        .every("purge-expired-auth", HOUR, |_| PurgeExpiredAuth)
 }
 
 /// Deletes dead jobs nobody retried within `older_than_days`, so the table does not grow

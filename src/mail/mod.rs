@@ -30,7 +30,7 @@ use crate::{
     jobs::{self, Job, JobContext},
 };
 
-pub use templates::SmtpTest;
+pub use templates::{PasswordChanged, PasswordReset, SmtpTest, VerifyEmail};
 
 /// Each SMTP command may take this long before the attempt counts as failed. (No timeout
 /// around the whole send: cutting a pooled SMTP session midway would leave it out of step.)
@@ -54,6 +54,8 @@ pub trait Email {
 pub struct Mailer {
     transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: Mailbox,
+    /// Where links in emails point (`BASE_URL`).
+    base_url: url::Url,
 }
 
 /// Why a delivery attempt did not succeed.
@@ -70,7 +72,7 @@ pub enum DeliveryError {
 impl Mailer {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let smtp_url = config.smtp_url.as_ref().map(|url| url.expose_secret());
-        Self::new(&config.email_from, smtp_url)
+        Ok(Self::new(&config.email_from, smtp_url)?.with_base_url(config.base_url.clone()))
     }
 
     /// Sends as `from` through `smtp_url` (lettre's URL form), or to the log without one.
@@ -85,7 +87,24 @@ impl Mailer {
                     .build(),
             ),
         };
-        Ok(Self { transport, from })
+        Ok(Self {
+            transport,
+            from,
+            base_url: crate::config::defaults::BASE_URL
+                .parse()
+                .context("the default BASE_URL is a URL")?,
+        })
+    }
+
+    /// Links in emails point at `base_url` (`BASE_URL`; the development default otherwise).
+    pub fn with_base_url(mut self, base_url: url::Url) -> Self {
+        self.base_url = base_url;
+        self
+    }
+
+    /// The absolute URL of `path` (with its query) on this site, for a link in an email.
+    pub fn link(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url.as_str().trim_end_matches('/'))
     }
 
     /// Sends `email` to `to` now, outside the outbox (for `keel send-test-email`).

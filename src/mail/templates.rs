@@ -47,6 +47,45 @@ email_templates!(
     html: "emails/smtp_test/body.html"
 );
 
+/// Sent at signup (and on request): the link proves the address belongs to the user.
+pub struct VerifyEmail {
+    pub address: String,
+    pub link: String,
+}
+
+email_templates!(
+    VerifyEmail,
+    subject: "emails/verify_email/subject.txt",
+    text: "emails/verify_email/body.txt",
+    html: "emails/verify_email/body.html"
+);
+
+/// Sent by forgot-password when the account exists.
+pub struct PasswordReset {
+    pub address: String,
+    pub link: String,
+}
+
+email_templates!(
+    PasswordReset,
+    subject: "emails/password_reset/subject.txt",
+    text: "emails/password_reset/body.txt",
+    html: "emails/password_reset/body.html"
+);
+
+/// Sent after a password change or reset, in case it was not the owner.
+pub struct PasswordChanged {
+    pub address: String,
+    pub reset_link: String,
+}
+
+email_templates!(
+    PasswordChanged,
+    subject: "emails/password_changed/subject.txt",
+    text: "emails/password_changed/body.txt",
+    html: "emails/password_changed/body.html"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,7 @@ pub fn test_env(database: &str) -> HashMap<&'static str, String> {
         ("REDIS_URL", redis_url()),
         ("RATE_LIMIT_PER_SECOND", "1000".to_owned()),
         ("RATE_LIMIT_BURST", "1000".to_owned()),
+        ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
     ]
     .into()
 }

@@ -1,7 +1,9 @@
 //! Integration tests: the real application against real PostgreSQL and Redis.
 //! One binary (one link step) holding a module per area.
 
+mod auth;
 mod bad_input;
+mod browser;
 mod cli;
 mod headers;
 mod health;

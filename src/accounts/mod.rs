@@ -1,0 +1,364 @@
+//! Accounts: sign-up, login, sessions, email verification and password resets.
+//!
+//! [`Accounts`] holds what these flows need and is the only code that writes `users`,
+//! `sessions` and `auth_tokens`. Each flow is one transaction: a user, their team, their
+//! session and the email that tells them about it exist together or not at all. Handlers in
+//! `http::auth` parse forms and render pages around it.
+
+pub mod password;
+mod secret_token;
+pub mod sessions;
+pub mod throttle;
+pub mod tokens;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub use self::{
+    password::{HashError, Passwords},
+    secret_token::SecretToken,
+    sessions::Session,
+    throttle::LoginThrottle,
+    tokens::{LinkProblem, Purpose},
+};
+use crate::{
+    cache::Cache,
+    domain::{EmailAddress, NewPassword},
+    error::{AppError, Result},
+    jobs::{self, Job, JobContext},
+    mail::{self, Mailer, PasswordChanged, PasswordReset, VerifyEmail},
+};
+
+#[derive(Clone)]
+pub struct Accounts {
+    db: PgPool,
+    mailer: Mailer,
+    passwords: Passwords,
+    throttle: LoginThrottle,
+}
+
+/// The address is already registered (sign-up).
+#[derive(Debug)]
+pub struct EmailTaken;
+
+/// How a login attempt ended.
+#[derive(Debug)]
+pub enum Login {
+    /// Signed in: the token goes into the session cookie.
+    SignedIn(SecretToken),
+    /// Unknown email or wrong password: the caller cannot tell which, and neither can the user.
+    Refused,
+    /// Too many recent failures for this email: try again after this long.
+    Locked(Duration),
+}
+
+/// The current password given to change it is wrong.
+#[derive(Debug)]
+pub struct WrongPassword;
+
+impl From<HashError> for AppError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => AppError::Unavailable(anyhow::Error::new(error)),
+            HashError::Failed(cause) => AppError::Internal(cause),
+        }
+    }
+}
+
+impl Accounts {
+    pub fn new(db: PgPool, mailer: Mailer, cache: Cache) -> Self {
+        Self {
+            db,
+            mailer,
+            passwords: Passwords::new(),
+            throttle: LoginThrottle::new(cache),
+        }
+    }
+
+    /// Creates the user, their personal team (as owner) and a session, and emails a
+    /// verification link.
+    pub async fn sign_up(
+        &self,
+        email: &EmailAddress,
+        password: &NewPassword,
+        user_agent: Option<&str>,
+    ) -> Result<Result<SecretToken, EmailTaken>> {
+        // Hash before looking: a taken address costs the same time as a free one.
+        let password_hash = self.passwords.hash(password).await?;
+        let mut tx = self.db.begin().await?;
+        let user_id = sqlx::query_scalar!(
+            "INSERT INTO users (email, password_hash) VALUES ($1, $2)
+             ON CONFLICT ((lower(email))) DO NOTHING
+             RETURNING id",
+            email.as_str(),
+            password_hash,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user_id) = user_id else {
+            return Ok(Err(EmailTaken));
+        };
+        let team_name: String = format!("{}'s team", email.local_part())
+            .chars()
+            .take(100)
+            .collect();
+        let team_id = sqlx::query_scalar!("INSERT INTO teams (name) VALUES ($1) RETURNING id", team_name)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query!(
+            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, 'owner')",
+            team_id,
+            user_id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        self.send_verification(&mut tx, user_id, email.as_str()).await?;
+        let session = sessions::create(&mut tx, user_id, team_id, user_agent).await?;
+        tx.commit().await?;
+        tracing::info!(%user_id, "account created");
+        Ok(Ok(session))
+    }
+
+    /// Checks the password and starts a session in the user's first team. Unknown emails cost
+    /// the same hash time; failures count towards the email's backoff whether or not it exists.
+    pub async fn log_in(
+        &self,
+        email: &EmailAddress,
+        password: &str,
+        user_agent: Option<&str>,
+    ) -> Result<Login> {
+        if let Some(wait) = self.throttle.locked_for(email).await {
+            return Ok(Login::Locked(wait));
+        }
+        let user = sqlx::query!(
+            "SELECT u.id, u.password_hash, m.team_id
+             FROM users u
+             JOIN memberships m ON m.user_id = u.id
+             WHERE lower(u.email) = lower($1)
+             ORDER BY (m.role = 'owner') DESC, m.created_at
+             LIMIT 1",
+            email.as_str(),
+        )
+        .fetch_optional(&self.db)
+        .await?;
+        let stored = user.as_ref().map(|user| user.password_hash.clone());
+        if !self.passwords.verify(password, stored).await? {
+            self.throttle.failed(email).await;
+            return Ok(Login::Refused);
+        }
+        let Some(user) = user else {
+            return Ok(Login::Refused);
+        };
+        self.throttle.succeeded(email).await;
+        let mut conn = self.db.acquire().await?;
+        let session = sessions::create(&mut conn, user.id, user.team_id, user_agent).await?;
+        tracing::info!(user_id = %user.id, "signed in");
+        Ok(Login::SignedIn(session))
+    }
+
+    /// The live session behind a cookie's token.
+    pub async fn session(&self, token: &SecretToken) -> Result<Option<Session>> {
+        sessions::load(&self.db, token).await
+    }
+
+    pub async fn log_out(&self, token: &SecretToken) -> Result<()> {
+        let mut conn = self.db.acquire().await?;
+        sessions::delete(&mut conn, token).await
+    }
+
+    /// Marks the address the link was sent to as verified, if it is still the user's address.
+    pub async fn verify_email(&self, token: Option<&SecretToken>) -> Result<Result<(), LinkProblem>> {
+        let mut tx = self.db.begin().await?;
+        let owner = match tokens::redeem(&mut tx, Purpose::VerifyEmail, token).await? {
+            Ok(owner) => owner,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        sqlx::query!(
+            "UPDATE users SET email_verified_at = coalesce(email_verified_at, now()), updated_at = now()
+             WHERE id = $1 AND lower(email) = lower($2)",
+            owner.user_id,
+            owner.email,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %owner.user_id, "email verified");
+        Ok(Ok(()))
+    }
+
+    /// Emails a new verification link, unless the address is verified or a link went out
+    /// within the last minute. Returns whether one was sent.
+    pub async fn resend_verification(&self, session: &Session) -> Result<bool> {
+        if session.email_verified {
+            return Ok(false);
+        }
+        let mut tx = self.db.begin().await?;
+        if tokens::recently_issued(&mut tx, Purpose::VerifyEmail, session.user_id).await? {
+            return Ok(false);
+        }
+        self.send_verification(&mut tx, session.user_id, &session.email)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn send_verification(&self, conn: &mut PgConnection, user_id: Uuid, email: &str) -> Result<()> {
+        let token = tokens::issue(conn, Purpose::VerifyEmail, user_id, email).await?;
+        let message = VerifyEmail {
+            address: email.to_owned(),
+            link: self
+                .mailer
+                .link(&format!("/verify-email?token={}", token.as_str())),
+        };
+        let key = format!("verify-email:{}", hex::encode(token.digest()));
+        mail::enqueue(conn, &self.mailer, email, &key, &message).await?;
+        Ok(())
+    }
+
+    /// Queues a reset email for `email` if an account has it. The request does the same work
+    /// either way (one job row); the job looks the account up.
+    pub async fn request_password_reset(&self, email: &EmailAddress) -> Result<()> {
+        let mut conn = self.db.acquire().await?;
+        jobs::enqueue(
+            &mut conn,
+            &SendPasswordReset {
+                email: email.as_str().to_owned(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Who a reset link belongs to, without using it (to show the form).
+    pub async fn reset_link_owner(&self, token: Option<&SecretToken>) -> Result<Result<String, LinkProblem>> {
+        Ok(tokens::peek(&self.db, Purpose::ResetPassword, token)
+            .await?
+            .map(|owner| owner.email))
+    }
+
+    /// Sets a new password from a reset link, ends every session of the user and every other
+    /// reset link, and tells the owner by email.
+    pub async fn reset_password(
+        &self,
+        token: Option<&SecretToken>,
+        password: &NewPassword,
+    ) -> Result<Result<(), LinkProblem>> {
+        let password_hash = self.passwords.hash(password).await?;
+        let mut tx = self.db.begin().await?;
+        let owner = match tokens::redeem(&mut tx, Purpose::ResetPassword, token).await? {
+            Ok(owner) => owner,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        self.replace_password(&mut tx, owner.user_id, &password_hash, None)
+            .await?;
+        tokens::revoke_all(&mut tx, Purpose::ResetPassword, owner.user_id).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %owner.user_id, "password reset");
+        Ok(Ok(()))
+    }
+
+    /// Changes the signed-in user's password; every other session of theirs ends.
+    pub async fn change_password(
+        &self,
+        session: &Session,
+        current_session: &SecretToken,
+        current_password: &str,
+        new_password: &NewPassword,
+    ) -> Result<Result<(), WrongPassword>> {
+        let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", session.user_id)
+            .fetch_one(&self.db)
+            .await?;
+        if !self.passwords.verify(current_password, Some(stored)).await? {
+            return Ok(Err(WrongPassword));
+        }
+        let password_hash = self.passwords.hash(new_password).await?;
+        let mut tx = self.db.begin().await?;
+        self.replace_password(&mut tx, session.user_id, &password_hash, Some(current_session))
+            .await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %session.user_id, "password changed");
+        Ok(Ok(()))
+    }
+
+    async fn replace_password(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+        password_hash: &str,
+        keep_session: Option<&SecretToken>,
+    ) -> Result<()> {
+        let email = sqlx::query_scalar!(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 RETURNING email",
+            user_id,
+            password_hash,
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let ended = sessions::delete_all_of_user(conn, user_id, keep_session).await?;
+        tracing::info!(%user_id, ended, "ended the other sessions");
+        let notice = PasswordChanged {
+            address: email.clone(),
+            reset_link: self.mailer.link("/forgot-password"),
+        };
+        let key = format!("password-changed:{user_id}:{}", Uuid::new_v4());
+        mail::enqueue(conn, &self.mailer, &email, &key, &notice).await?;
+        Ok(())
+    }
+}
+
+/// Looks up the account of `email` and, if there is one, emails it a reset link (at most one
+/// a minute). Enqueued by every forgot-password request, so the request's timing says nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SendPasswordReset {
+    pub email: String,
+}
+
+impl Job for SendPasswordReset {
+    const KIND: &'static str = "accounts.send_password_reset";
+    const MAX_ATTEMPTS: i32 = 5;
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let mut tx = context.db.begin().await?;
+        let user = sqlx::query!(
+            "SELECT id, email FROM users WHERE lower(email) = lower($1)",
+            self.email
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else { return Ok(()) };
+        if tokens::recently_issued(&mut tx, Purpose::ResetPassword, user.id).await? {
+            return Ok(());
+        }
+        let token = tokens::issue(&mut tx, Purpose::ResetPassword, user.id, &user.email).await?;
+        let message = PasswordReset {
+            address: user.email.clone(),
+            link: context
+                .mailer
+                .link(&format!("/reset-password?token={}", token.as_str())),
+        };
+        // Keyed by this job: a rerun after a crash finds its email queued and changes nothing.
+        let key = format!("password-reset:{}", context.job_id);
+        if mail::enqueue(&mut tx, &context.mailer, &user.email, &key, &message).await? {
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes ended sessions and long-expired link tokens (scheduled hourly).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PurgeExpiredAuth;
+
+impl Job for PurgeExpiredAuth {
+    const KIND: &'static str = "accounts.purge_expired";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let sessions = sessions::purge_ended(&context.db).await?;
+        let tokens = tokens::purge_expired(&context.db, 7).await?;
+        tracing::info!(sessions, tokens, "purged ended sessions and expired tokens");
+        Ok(())
+    }
+}

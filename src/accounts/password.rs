@@ -1,0 +1,163 @@
+//! Password hashing with argon2id, off the async runtime and bounded.
+//!
+//! A hash costs ~19 MiB and tens of milliseconds of one core. Each runs on tokio's blocking
+//! pool, and a semaphore lets only a few run at once (one core is always left to serve
+//! pages), so a flood of logins queues here instead of starving `/health` and the pages.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, anyhow};
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+};
+use tokio::sync::Semaphore;
+
+use crate::domain::NewPassword;
+
+/// OWASP's argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+const MEMORY_KIB: u32 = 19 * 1024;
+const PASSES: u32 = 2;
+const LANES: u32 = 1;
+
+/// How long a request waits for a free hashing slot before it is told to come back later.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A hash of a random password with the parameters above. Unknown emails are checked against
+/// it, so they cost the same time as a real account (a unit test keeps it in step).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$YWkzUjB0cU9lU2hMdE9VWg$9kF8/rQq5aO6oM1b0m9l5S3mHeC7gE4h2J5hvX0mYQE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every hashing slot stayed busy for `QUEUE_TIMEOUT`: the server is overloaded.
+    #[error("password hashing is saturated")]
+    Busy,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+#[derive(Clone)]
+pub struct Passwords {
+    slots: Arc<Semaphore>,
+}
+
+impl Passwords {
+    /// One hashing slot per core but one, and at least one.
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_slots(cores.saturating_sub(1).max(1))
+    }
+
+    pub fn with_slots(slots: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// The PHC string to store for `password`.
+    pub async fn hash(&self, password: &NewPassword) -> Result<String, HashError> {
+        let password = password.expose().to_owned();
+        self.run(move || {
+            let salt: [u8; 16] = rand::random();
+            hasher()
+                .hash_password_with_salt(password.as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|e| anyhow!("hashing a password: {e}"))
+        })
+        .await
+    }
+
+    /// Whether `password` matches `stored`. With no stored hash (unknown email) a dummy hash
+    /// is checked anyway and the answer is `false`, in the same time.
+    pub async fn verify(&self, password: &str, stored: Option<String>) -> Result<bool, HashError> {
+        let password = password.to_owned();
+        self.run(move || {
+            let known = stored.is_some();
+            let stored = stored.unwrap_or_else(|| DUMMY_HASH.to_owned());
+            let hash = PasswordHash::new(&stored)
+                .map_err(|e| anyhow!("a stored password hash is malformed: {e}"))?;
+            let matches = hasher().verify_password(password.as_bytes(), &hash).is_ok();
+            Ok(known && matches)
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _slot = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.acquire())
+            .await
+            .map_err(|_| HashError::Busy)?
+            .context("the hashing semaphore is closed")?;
+        let result = tokio::task::spawn_blocking(work)
+            .await
+            .context("the hashing task panicked")??;
+        Ok(result)
+    }
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn hasher() -> Argon2<'static> {
+    // Constant parameters, valid (the unit tests hash with them).
+    let params = Params::new(MEMORY_KIB, PASSES, LANES, None).expect("valid argon2 parameters");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn password(raw: &str) -> NewPassword {
+        NewPassword::parse(raw.to_owned(), "someone@example.com").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_only() {
+        let passwords = Passwords::with_slots(1);
+        let hash = passwords.hash(&password("correct horse battery")).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            passwords
+                .verify("correct horse battery", Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !passwords
+                .verify("correct horse batterY", Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        let again = passwords.hash(&password("correct horse battery")).await.unwrap();
+        assert_ne!(hash, again, "every hash has its own salt");
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_never_match_and_use_current_parameters() {
+        let passwords = Passwords::with_slots(1);
+        assert!(!passwords.verify("anything at all", None).await.unwrap());
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        let real = passwords.hash(&password("whatever it is")).await.unwrap();
+        let real = PasswordHash::new(&real).unwrap();
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(
+            dummy.params.to_string(),
+            real.params.to_string(),
+            "the dummy hash costs what a real one does"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_stored_hash_is_an_error_not_a_match() {
+        let passwords = Passwords::with_slots(1);
+        assert!(passwords.verify("x", Some("not a hash".into())).await.is_err());
+    }
+}

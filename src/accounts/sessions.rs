@@ -1,0 +1,131 @@
+//! Server-side sessions in PostgreSQL.
+//!
+//! The browser holds a random token in a cookie; the `sessions` row (keyed by the token's
+//! SHA-256) holds who is signed in and in which team. Loading a session is one indexed query
+//! that also returns the user and team, so an authenticated page costs one round trip.
+//! A session ends when it is deleted (logout, password change), after `IDLE_TIMEOUT` without
+//! a request, or `ABSOLUTE_TIMEOUT` after login, whichever comes first.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::SecretToken;
+use crate::error::Result;
+
+/// A session not used for this long has ended.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// No session lives longer than this, however active.
+pub const ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `last_seen_at` is written at most this often, so browsing does not write on every request.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// A live session with the user and team it belongs to.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub team_id: Uuid,
+    pub team_name: String,
+    pub role: String,
+}
+
+/// Starts a session for `user_id` working in `team_id`; the token goes into the cookie.
+pub async fn create(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    team_id: Uuid,
+    user_agent: Option<&str>,
+) -> Result<SecretToken> {
+    let token = SecretToken::generate();
+    let user_agent = user_agent.map(|ua| ua.chars().take(256).collect::<String>());
+    sqlx::query!(
+        "INSERT INTO sessions (id_hash, user_id, team_id, expires_at, user_agent)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)",
+        token.digest(),
+        user_id,
+        team_id,
+        ABSOLUTE_TIMEOUT.as_secs_f64(),
+        user_agent,
+    )
+    .execute(conn)
+    .await?;
+    Ok(token)
+}
+
+/// The live session behind `token`, if any; refreshes its idle clock now and then.
+pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
+    let id_hash = token.digest();
+    let row = sqlx::query!(
+        r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
+                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role
+           FROM sessions s
+           JOIN users u ON u.id = s.user_id
+           JOIN memberships m ON m.user_id = s.user_id AND m.team_id = s.team_id
+           JOIN teams t ON t.id = s.team_id
+           WHERE s.id_hash = $1
+             AND s.expires_at > now()
+             AND s.last_seen_at > now() - make_interval(secs => $2)"#,
+        id_hash,
+        IDLE_TIMEOUT.as_secs_f64(),
+    )
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    if OffsetDateTime::now_utc() - row.last_seen_at > TOUCH_EVERY {
+        sqlx::query!(
+            "UPDATE sessions SET last_seen_at = now() WHERE id_hash = $1",
+            id_hash
+        )
+        .execute(db)
+        .await?;
+    }
+    Ok(Some(Session {
+        user_id: row.user_id,
+        email: row.email,
+        email_verified: row.email_verified,
+        team_id: row.team_id,
+        team_name: row.team_name,
+        role: row.role,
+    }))
+}
+
+/// Ends the session behind `token` (logout).
+pub async fn delete(conn: &mut PgConnection, token: &SecretToken) -> Result<()> {
+    sqlx::query!("DELETE FROM sessions WHERE id_hash = $1", token.digest())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends every session of `user_id` except `keep` (after a password change or reset).
+pub async fn delete_all_of_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    keep: Option<&SecretToken>,
+) -> Result<u64> {
+    let keep = keep.map(SecretToken::digest);
+    let deleted = sqlx::query!(
+        "DELETE FROM sessions WHERE user_id = $1 AND id_hash IS DISTINCT FROM $2",
+        user_id,
+        keep,
+    )
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Removes sessions that have ended (run by the scheduler).
+pub async fn purge_ended(db: &PgPool) -> Result<u64> {
+    let deleted = sqlx::query!(
+        "DELETE FROM sessions
+         WHERE expires_at <= now() OR last_seen_at <= now() - make_interval(secs => $1)",
+        IDLE_TIMEOUT.as_secs_f64(),
+    )
+    .execute(db)
+    .await?;
+    Ok(deleted.rows_affected())
+}

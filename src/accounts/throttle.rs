@@ -1,0 +1,172 @@
+//! Per-account login backoff, keyed by the submitted email whether or not an account has it,
+//! so the answer never tells whether one exists.
+//!
+//! After `FREE_FAILURES` failed logins within `WINDOW`, each further failure locks the address
+//! for twice as long as the one before (1 s, 2 s, 4 s … up to `MAX_LOCK`). A success clears it.
+//! State lives in Redis (shared by every instance); while Redis is down, each process keeps
+//! its own count, so logins keep working and stay throttled.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{cache::Cache, domain::EmailAddress};
+
+const FREE_FAILURES: u32 = 5;
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
+/// Addresses the in-process fallback remembers at most.
+const LOCAL_CAPACITY: usize = 10_000;
+
+#[derive(Clone)]
+pub struct LoginThrottle {
+    cache: Cache,
+    local: Arc<Mutex<HashMap<String, Local>>>,
+}
+
+struct Local {
+    failures: u32,
+    window_ends: Instant,
+    locked_until: Instant,
+}
+
+/// How long a lock lasts after `failures` failures in a row.
+fn lock_for(failures: u32) -> Option<Duration> {
+    let over = failures.checked_sub(FREE_FAILURES)?;
+    let lock = Duration::from_secs(1u64.checked_shl(over).unwrap_or(u64::MAX));
+    Some(lock.min(MAX_LOCK))
+}
+
+impl LoginThrottle {
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            local: Arc::default(),
+        }
+    }
+
+    fn key(email: &EmailAddress) -> String {
+        hex::encode(Sha256::digest(email.normalized().as_bytes()))
+    }
+
+    /// How long logins for `email` must wait, if they must.
+    pub async fn locked_for(&self, email: &EmailAddress) -> Option<Duration> {
+        let key = Self::key(email);
+        let mut redis = self.cache.connection();
+        let pttl: redis::RedisResult<i64> = redis::cmd("PTTL")
+            .arg(self.cache.key(&format!("login-lock:{key}")))
+            .query_async(&mut redis)
+            .await;
+        match pttl {
+            Ok(ms) => u64::try_from(ms)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            Err(error) => {
+                tracing::warn!(error = %error, "Redis unavailable: login throttling is per process");
+                let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                local
+                    .get(&key)
+                    .and_then(|entry| entry.locked_until.checked_duration_since(now))
+                    .filter(|left| !left.is_zero())
+            }
+        }
+    }
+
+    /// Counts a failed login for `email`.
+    pub async fn failed(&self, email: &EmailAddress) {
+        let key = Self::key(email);
+        let failures_key = self.cache.key(&format!("login-failures:{key}"));
+        let lock_key = self.cache.key(&format!("login-lock:{key}"));
+        let mut redis = self.cache.connection();
+        let counted: redis::RedisResult<(u32,)> = redis::pipe()
+            .atomic()
+            .incr(&failures_key, 1)
+            .pexpire(&failures_key, i64::try_from(millis(WINDOW)).unwrap_or(i64::MAX))
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        let outcome = match counted {
+            Ok((failures,)) => match lock_for(failures) {
+                Some(lock) => {
+                    redis::cmd("SET")
+                        .arg(&lock_key)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(millis(lock))
+                        .query_async::<()>(&mut redis)
+                        .await
+                }
+                None => Ok(()),
+            },
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(error = %error, "Redis unavailable: login throttling is per process");
+            self.failed_locally(key);
+        }
+    }
+
+    fn failed_locally(&self, key: String) {
+        let now = Instant::now();
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if local.len() >= LOCAL_CAPACITY {
+            local.retain(|_, entry| entry.window_ends > now);
+            if local.len() >= LOCAL_CAPACITY {
+                local.clear();
+            }
+        }
+        let entry = local.entry(key).or_insert(Local {
+            failures: 0,
+            window_ends: now,
+            locked_until: now,
+        });
+        if entry.window_ends <= now {
+            entry.failures = 0;
+        }
+        entry.failures += 1;
+        entry.window_ends = now + WINDOW;
+        if let Some(lock) = lock_for(entry.failures) {
+            entry.locked_until = now + lock;
+        }
+    }
+
+    /// Forgets the failures of `email` after a successful login.
+    pub async fn succeeded(&self, email: &EmailAddress) {
+        let key = Self::key(email);
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let mut redis = self.cache.connection();
+        let cleared: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(self.cache.key(&format!("login-failures:{key}")))
+            .arg(self.cache.key(&format!("login-lock:{key}")))
+            .query_async(&mut redis)
+            .await;
+        if let Err(error) = cleared {
+            tracing::warn!(error = %error, "Redis unavailable: could not clear a login throttle");
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_double_after_the_free_failures_and_are_capped() {
+        assert_eq!(lock_for(0), None);
+        assert_eq!(lock_for(FREE_FAILURES - 1), None);
+        assert_eq!(lock_for(FREE_FAILURES), Some(Duration::from_secs(1)));
+        assert_eq!(lock_for(FREE_FAILURES + 3), Some(Duration::from_secs(8)));
+        assert_eq!(lock_for(FREE_FAILURES + 30), Some(MAX_LOCK));
+        assert_eq!(lock_for(u32::MAX), Some(MAX_LOCK));
+    }
+}

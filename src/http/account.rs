@@ -1,0 +1,146 @@
+//! Pages behind login: the dashboard and the account settings. Every handler takes
+//! [`CurrentUser`], and the route map also puts these routes behind it.
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use serde::Deserialize;
+
+use super::{AppState, auth::page_with_status, csrf::CsrfToken, pages::Layout, render, session::CurrentUser};
+use crate::{accounts::WrongPassword, domain::NewPassword, error::Result};
+
+#[derive(Template)]
+#[template(path = "account/dashboard.html")]
+struct DashboardPage {
+    layout: Layout,
+    team_name: String,
+    role: String,
+    /// The team's plan; "Free" until billing is wired in.
+    plan: &'static str,
+}
+
+pub async fn dashboard(user: CurrentUser, layout: Layout) -> Result<Html<String>> {
+    render(&DashboardPage {
+        layout,
+        team_name: user.session.team_name,
+        role: capitalized(&user.session.role),
+        plan: "Free",
+    })
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+#[derive(Template)]
+#[template(path = "account/settings.html")]
+struct SettingsPage {
+    layout: Layout,
+    csrf_token: String,
+    email: String,
+    email_verified: bool,
+    notice: Option<&'static str>,
+    errors: PasswordErrors,
+}
+
+#[derive(Debug, Default)]
+struct PasswordErrors {
+    current: Option<String>,
+    new: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct SettingsQuery {
+    notice: Option<String>,
+}
+
+fn settings_notice(key: Option<&str>) -> Option<&'static str> {
+    match key? {
+        "password-changed" => Some("Your password was changed. Your other devices were signed out."),
+        "verification-sent" => Some("We sent you a new verification link. It works for 24 hours."),
+        "verification-recent" => {
+            Some("A verification link went out a moment ago. Check your inbox and spam folder.")
+        }
+        "already-verified" => Some("Your email address is already verified."),
+        _ => None,
+    }
+}
+
+pub async fn settings(
+    user: CurrentUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<SettingsQuery>,
+) -> Result<Html<String>> {
+    render(&SettingsPage {
+        layout,
+        csrf_token,
+        email: user.session.email,
+        email_verified: user.session.email_verified,
+        notice: settings_notice(query.notice.as_deref()),
+        errors: PasswordErrors::default(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ChangePasswordForm {
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<ChangePasswordForm>,
+) -> Result<Response> {
+    let mut errors = PasswordErrors::default();
+    if form.current_password.is_empty() {
+        errors.current = Some("Enter your current password.".to_owned());
+    }
+    match NewPassword::parse(form.new_password, &user.session.email) {
+        Err(problem) => errors.new = Some(problem.to_string()),
+        Ok(new_password) if errors.current.is_none() => {
+            let changed = state
+                .accounts
+                .change_password(&user.session, &user.token, &form.current_password, &new_password)
+                .await?;
+            match changed {
+                Ok(()) => return Ok(Redirect::to("/settings?notice=password-changed").into_response()),
+                Err(WrongPassword) => errors.current = Some("This is not your current password.".to_owned()),
+            }
+        }
+        Ok(_) => {}
+    }
+    let page = render(&SettingsPage {
+        layout,
+        csrf_token,
+        email: user.session.email,
+        email_verified: user.session.email_verified,
+        notice: None,
+        errors,
+    })?;
+    Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
+}
+
+pub async fn resend_verification(State(state): State<AppState>, user: CurrentUser) -> Result<Redirect> {
+    let notice = if user.session.email_verified {
+        "already-verified"
+    } else if state.accounts.resend_verification(&user.session).await? {
+        "verification-sent"
+    } else {
+        "verification-recent"
+    };
+    Ok(Redirect::to(&format!("/settings?notice={notice}")))
+}

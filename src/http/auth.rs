@@ -1,0 +1,520 @@
+//! The account forms: sign up, log in and out, verify an email, forgot and reset a password.
+//!
+//! Handlers parse the form into domain values, call `accounts::Accounts`, and either redirect
+//! (303) or render the form again with 422, a message per field and what the user typed
+//! (never the password). CSRF is checked before they run (`csrf::protect`); the POSTs are
+//! also under the auth rate limit (see the route map in `http/mod.rs`).
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::{
+    Form,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+};
+use serde::Deserialize;
+
+use super::{
+    AppState,
+    csrf::CsrfToken,
+    pages::Layout,
+    render,
+    session::{MaybeUser, safe_next, session_token},
+};
+use crate::{
+    accounts::{EmailTaken, LinkProblem, Login, SecretToken},
+    domain::{EmailAddress, NewPassword},
+    error::Result,
+};
+
+/// Per-field messages of a form that was not accepted.
+#[derive(Debug, Default)]
+pub struct FieldErrors {
+    pub email: Option<String>,
+    pub password: Option<String>,
+    /// About the form as a whole (e.g. wrong credentials).
+    pub form: Option<String>,
+}
+
+impl FieldErrors {
+    fn any(&self) -> bool {
+        self.email.is_some() || self.password.is_some() || self.form.is_some()
+    }
+}
+
+/// `body` with `status` (a form shown again is 422, a lockout 429).
+pub fn page_with_status(status: StatusCode, body: Html<String>) -> Response {
+    (status, body).into_response()
+}
+
+/// A redirect that also sets a cookie.
+fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
+    ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+}
+
+// ---- sign up ----
+
+#[derive(Template)]
+#[template(path = "auth/signup.html")]
+struct SignupPage {
+    layout: Layout,
+    csrf_token: String,
+    email: String,
+    errors: FieldErrors,
+}
+
+#[derive(Deserialize)]
+pub struct SignupForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn signup_form(
+    MaybeUser(user): MaybeUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+) -> Result<Response> {
+    if user.is_some() {
+        return Ok(Redirect::to("/dashboard").into_response());
+    }
+    Ok(render(&SignupPage {
+        layout,
+        csrf_token,
+        email: String::new(),
+        errors: FieldErrors::default(),
+    })?
+    .into_response())
+}
+
+pub async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<SignupForm>,
+) -> Result<Response> {
+    let mut errors = FieldErrors::default();
+    let email = EmailAddress::parse(&form.email)
+        .map_err(|problem| errors.email = Some(problem.to_string()))
+        .ok();
+    let password = NewPassword::parse(form.password, form.email.trim())
+        .map_err(|problem| errors.password = Some(problem.to_string()))
+        .ok();
+    if let (Some(email), Some(password)) = (email, password) {
+        match state
+            .accounts
+            .sign_up(&email, &password, user_agent(&headers))
+            .await?
+        {
+            Ok(session) => {
+                return Ok(redirect_with_cookie(
+                    "/dashboard",
+                    state.cookies.session_cookie(&session),
+                ));
+            }
+            Err(EmailTaken) => {
+                errors.email = Some(
+                    "An account with this email already exists. Log in, or reset your password if you forgot it."
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    debug_assert!(errors.any());
+    let page = render(&SignupPage {
+        layout,
+        csrf_token,
+        email: form.email,
+        errors,
+    })?;
+    Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
+}
+
+// ---- log in and out ----
+
+#[derive(Template)]
+#[template(path = "auth/login.html")]
+struct LoginPage {
+    layout: Layout,
+    csrf_token: String,
+    email: String,
+    next: Option<String>,
+    notice: Option<&'static str>,
+    errors: FieldErrors,
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+    notice: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    next: Option<String>,
+}
+
+/// The messages `/login?notice=…` can show (set by our own redirects).
+fn login_notice(key: Option<&str>) -> Option<&'static str> {
+    match key? {
+        "password-reset" => Some("Your password was changed. Log in with your new password."),
+        _ => None,
+    }
+}
+
+/// `next` as kept in the form: only when it is a safe same-site path.
+fn kept_next(next: Option<&str>) -> Option<String> {
+    next.filter(|next| safe_next(Some(next)) == *next)
+        .map(str::to_owned)
+}
+
+pub async fn login_form(
+    MaybeUser(user): MaybeUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<LoginQuery>,
+) -> Result<Response> {
+    if user.is_some() {
+        return Ok(Redirect::to(safe_next(query.next.as_deref())).into_response());
+    }
+    Ok(render(&LoginPage {
+        layout,
+        csrf_token,
+        email: String::new(),
+        next: kept_next(query.next.as_deref()),
+        notice: login_notice(query.notice.as_deref()),
+        errors: FieldErrors::default(),
+    })?
+    .into_response())
+}
+
+/// The one message for an unknown email and a wrong password.
+const LOGIN_REFUSED: &str = "The email or password is not right.";
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<LoginForm>,
+) -> Result<Response> {
+    let mut errors = FieldErrors::default();
+    let mut status = StatusCode::UNPROCESSABLE_ENTITY;
+    let mut retry_after = None;
+    match EmailAddress::parse(&form.email) {
+        Err(problem) => errors.email = Some(problem.to_string()),
+        Ok(_) if form.password.is_empty() => errors.password = Some("Enter your password.".to_owned()),
+        Ok(email) => match state
+            .accounts
+            .log_in(&email, &form.password, user_agent(&headers))
+            .await?
+        {
+            Login::SignedIn(session) => {
+                // A session the browser had before (another account, or planted) ends here.
+                if let Some(previous) = session_token(&headers, &state.cookies) {
+                    state.accounts.log_out(&previous).await?;
+                }
+                let to = safe_next(form.next.as_deref());
+                return Ok(redirect_with_cookie(to, state.cookies.session_cookie(&session)));
+            }
+            Login::Refused => errors.form = Some(LOGIN_REFUSED.to_owned()),
+            Login::Locked(wait) => {
+                status = StatusCode::TOO_MANY_REQUESTS;
+                retry_after = Some(wait);
+                errors.form = Some(format!(
+                    "Too many failed attempts for this email. Try again in {}.",
+                    in_words(wait)
+                ));
+            }
+        },
+    }
+    let page = render(&LoginPage {
+        layout,
+        csrf_token,
+        email: form.email,
+        next: kept_next(form.next.as_deref()),
+        notice: None,
+        errors,
+    })?;
+    let mut response = page_with_status(status, page);
+    if let Some(wait) = retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    Ok(response)
+}
+
+/// "3 seconds", "1 minute", "15 minutes".
+fn in_words(wait: Duration) -> String {
+    let secs = wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0 && wait.as_secs() > 0);
+    let (n, unit) = if secs < 60 {
+        (secs, "second")
+    } else {
+        (secs.div_ceil(60), "minute")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response> {
+    if let Some(token) = session_token(&headers, &state.cookies) {
+        state.accounts.log_out(&token).await?;
+    }
+    Ok(redirect_with_cookie("/", state.cookies.remove_session_cookie()))
+}
+
+// ---- emailed links ----
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+impl TokenQuery {
+    fn token(&self) -> Option<SecretToken> {
+        self.token.as_deref().and_then(SecretToken::parse)
+    }
+}
+
+#[derive(Template)]
+#[template(path = "auth/link_problem.html")]
+struct LinkProblemPage {
+    layout: Layout,
+    title: &'static str,
+    message: &'static str,
+    action_href: &'static str,
+    action_label: &'static str,
+}
+
+/// The 4xx page of a link that no longer works: 410 when it was used or has expired, 400 when
+/// it was never valid.
+fn link_problem(layout: Layout, problem: LinkProblem, purpose: &'static str) -> Result<Response> {
+    let (status, title) = match problem {
+        LinkProblem::Used => (StatusCode::GONE, "This link was already used"),
+        LinkProblem::Expired => (StatusCode::GONE, "This link has expired"),
+        LinkProblem::Invalid => (StatusCode::BAD_REQUEST, "This link is not valid"),
+    };
+    let (message, action_href, action_label) = if purpose == "reset" {
+        (
+            "Password reset links work once and for one hour. Ask for a new one and use the latest email.",
+            "/forgot-password",
+            "Send me a new link",
+        )
+    } else {
+        (
+            "Verification links work once and for 24 hours. Log in and ask for a new one from your settings.",
+            "/settings",
+            "Go to settings",
+        )
+    };
+    let page = render(&LinkProblemPage {
+        layout,
+        title,
+        message,
+        action_href,
+        action_label,
+    })?;
+    Ok(page_with_status(status, page))
+}
+
+#[derive(Template)]
+#[template(path = "auth/email_verified.html")]
+struct EmailVerifiedPage {
+    layout: Layout,
+}
+
+pub async fn verify_email(
+    State(state): State<AppState>,
+    layout: Layout,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response> {
+    match state.accounts.verify_email(query.token().as_ref()).await? {
+        Ok(()) => {
+            // The layout was read before the update: show the user as verified now.
+            let mut layout = layout;
+            if let Some(user) = &mut layout.user {
+                user.email_verified = true;
+            }
+            Ok(render(&EmailVerifiedPage { layout })?.into_response())
+        }
+        Err(problem) => link_problem(layout, problem, "verify"),
+    }
+}
+
+// ---- forgot and reset ----
+
+#[derive(Template)]
+#[template(path = "auth/forgot_password.html")]
+struct ForgotPasswordPage {
+    layout: Layout,
+    csrf_token: String,
+    email: String,
+    /// The request went out: say so, the same way whether the account exists or not.
+    sent: bool,
+    errors: FieldErrors,
+}
+
+#[derive(Deserialize)]
+pub struct EmailForm {
+    #[serde(default)]
+    email: String,
+}
+
+pub async fn forgot_password_form(layout: Layout, CsrfToken(csrf_token): CsrfToken) -> Result<Html<String>> {
+    render(&ForgotPasswordPage {
+        layout,
+        csrf_token,
+        email: String::new(),
+        sent: false,
+        errors: FieldErrors::default(),
+    })
+}
+
+pub async fn forgot_password(
+    State(state): State<AppState>,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<EmailForm>,
+) -> Result<Response> {
+    match EmailAddress::parse(&form.email) {
+        Ok(email) => {
+            state.accounts.request_password_reset(&email).await?;
+            Ok(render(&ForgotPasswordPage {
+                layout,
+                csrf_token,
+                email: email.to_string(),
+                sent: true,
+                errors: FieldErrors::default(),
+            })?
+            .into_response())
+        }
+        Err(problem) => {
+            let page = render(&ForgotPasswordPage {
+                layout,
+                csrf_token,
+                email: form.email,
+                sent: false,
+                errors: FieldErrors {
+                    email: Some(problem.to_string()),
+                    ..FieldErrors::default()
+                },
+            })?;
+            Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "auth/reset_password.html")]
+struct ResetPasswordPage {
+    layout: Layout,
+    csrf_token: String,
+    /// Where the form posts: this page's own URL, token included.
+    action: String,
+    email: String,
+    errors: FieldErrors,
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    password: String,
+}
+
+fn reset_action(token: &SecretToken) -> String {
+    format!("/reset-password?token={}", token.as_str())
+}
+
+pub async fn reset_password_form(
+    State(state): State<AppState>,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response> {
+    let token = query.token();
+    match state.accounts.reset_link_owner(token.as_ref()).await? {
+        Ok(email) => Ok(render(&ResetPasswordPage {
+            layout,
+            csrf_token,
+            action: token.as_ref().map(reset_action).unwrap_or_default(),
+            email,
+            errors: FieldErrors::default(),
+        })?
+        .into_response()),
+        Err(problem) => link_problem(layout, problem, "reset"),
+    }
+}
+
+pub async fn reset_password(
+    State(state): State<AppState>,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<TokenQuery>,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response> {
+    let token = query.token();
+    let email = match state.accounts.reset_link_owner(token.as_ref()).await? {
+        Ok(email) => email,
+        Err(problem) => return link_problem(layout, problem, "reset"),
+    };
+    let password = match NewPassword::parse(form.password, &email) {
+        Ok(password) => password,
+        Err(problem) => {
+            let page = render(&ResetPasswordPage {
+                layout,
+                csrf_token,
+                action: token.as_ref().map(reset_action).unwrap_or_default(),
+                email,
+                errors: FieldErrors {
+                    password: Some(problem.to_string()),
+                    ..FieldErrors::default()
+                },
+            })?;
+            return Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page));
+        }
+    };
+    match state.accounts.reset_password(token.as_ref(), &password).await? {
+        // Every session of the user ended, this browser's too.
+        Ok(()) => Ok(redirect_with_cookie(
+            "/login?notice=password-reset",
+            state.cookies.remove_session_cookie(),
+        )),
+        Err(problem) => link_problem(layout, problem, "reset"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_said_in_words() {
+        assert_eq!(in_words(Duration::from_millis(200)), "1 second");
+        assert_eq!(in_words(Duration::from_secs(8)), "8 seconds");
+        assert_eq!(in_words(Duration::from_secs(60)), "1 minute");
+        assert_eq!(in_words(Duration::from_secs(61)), "2 minutes");
+        assert_eq!(in_words(Duration::from_secs(900)), "15 minutes");
+    }
+
+    #[test]
+    fn only_known_notices_are_shown() {
+        assert!(login_notice(Some("password-reset")).is_some());
+        assert_eq!(login_notice(Some("<script>")), None);
+        assert_eq!(login_notice(None), None);
+    }
+}
