@@ -5,6 +5,8 @@
 pub mod accounts;
 /// Assembles the application (`App::build`) and runs it until shutdown.
 pub mod app;
+/// Stripe billing: webhook signatures (more to come).
+pub mod billing;
 /// The Redis connection.
 pub mod cache;
 /// Typed settings from the environment.

@@ -1093,3 +1093,30 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "still signed in"
     );
 }
+
+#[tokio::test]
+async fn with_redis_down_logins_work_and_are_still_throttled_in_process() {
+    let smtp = FakeSmtp::start(Behaviour::default()).await;
+    let url = smtp.url();
+    let app = spawn_app_with(|env| {
+        env.insert("SMTP_URL", url);
+        // Nothing listens there: every Redis command fails at once.
+        env.insert("REDIS_URL", "redis://127.0.0.1:1".into());
+    })
+    .await;
+    let mut browser = Visitor::new(&app);
+    sign_up(&mut browser, "pia@example.com").await;
+    let mut other = Visitor::new(&app);
+    assert_eq!(
+        log_in(&mut other, "pia@example.com", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    let mut attacker = Visitor::new(&app);
+    for _ in 0..5 {
+        let page = log_in(&mut attacker, "pia@example.com", "guess").await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let locked = log_in(&mut attacker, "pia@example.com", "guess").await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
+}
