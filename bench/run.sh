@@ -220,18 +220,20 @@ wrk_wait() {
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 
-# run_wrk KEY URL PID
-# One discarded warm-up run, then the measured run. Fills RPS, P99_MS, CPU_US
+# run_wrk KEY URL PID [WRK_OPTION...]
+# One discarded warm-up run, then the measured run (extra options, e.g. a header or a
+# script, go to both). Fills RPS, P99_MS, CPU_US
 # (CPU time the server process PID spent per request: unlike req/s, it hardly
 # moves when the other core is busy), NON2XX and SOCKET_ERRORS for KEY, and
 # warns about failed requests.
 declare -A RPS=() P99_MS=() CPU_US=() NON2XX=() SOCKET_ERRORS=()
 run_wrk() {
     local key=$1 url=$2 pid=$3 out="$WORK/wrk-$1.txt" p99 ticks requests
+    shift 3
     log "wrk $url ($key): ${WARMUP}s warm-up + ${DURATION}s"
-    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     ticks=$(cpu_ticks "$pid")
-    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url" >"$out"
+    wrk_wait -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" >"$out"
     ticks=$(($(cpu_ticks "$pid") - ticks))
     requests=$(awk '/requests in/ { print $1 }' "$out")
     CPU_US[$key]=$(calc '%.1f' "$ticks * 1000000 / $CLK_TCK / ${requests:-1}")
@@ -296,6 +298,7 @@ start_keel() {
         SECRET_KEY="$SECRET_KEY" \
         RATE_LIMIT_PER_SECOND=1000000 \
         RATE_LIMIT_BURST=1000000 \
+        AUTH_RATE_LIMIT_PER_MINUTE=1000000 \
         LOG_FORMAT=json \
         "$KEEL" serve >>"$WORK/keel.log" 2>&1 &
     KEEL_PID=$!
@@ -347,6 +350,56 @@ run_wrk health "$KEEL_URL/health" "$KEEL_PID"
 run_wrk live "$KEEL_URL/health/live" "$KEEL_PID"
 run_wrk bare2 "$BARE_URL/" "$BARE_PID"
 
+# ----------------------------------------------------------- signed in ---
+
+# One account, signed up through the real form; its session cookie for /dashboard.
+JAR="$WORK/cookies.txt"
+# form_token PATH: the csrf_token of the form at PATH, with the jar's cookies.
+form_token() {
+    curl -fsS --max-time 5 -b "$JAR" -c "$JAR" "$KEEL_URL$1" |
+        sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p' | head -n 1
+}
+BENCH_EMAIL="bench@example.com"
+BENCH_PASSWORD="bench password 123"
+token=$(form_token /signup)
+[[ -n "$token" ]] || die "no csrf_token on /signup"
+status=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -b "$JAR" -c "$JAR" \
+    --data-urlencode "email=$BENCH_EMAIL" --data-urlencode "password=$BENCH_PASSWORD" \
+    --data-urlencode "csrf_token=$token" "$KEEL_URL/signup")
+[[ "$status" == 303 ]] || die "signing up the bench user answered $status"
+SESSION_COOKIE=$(awk '$6 == "keel_session" { print $6 "=" $7 }' "$JAR")
+[[ -n "$SESSION_COOKIE" ]] || die "no session cookie after signup"
+status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION_COOKIE" "$KEEL_URL/dashboard")
+[[ "$status" == 200 ]] || die "/dashboard with the session answered $status"
+run_wrk dashboard "$KEEL_URL/dashboard" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
+
+# Logins: a wrk script posting the login form (right password: each one hashes and starts a
+# session). The CSRF token is bound to the browser cookie fetched here.
+rm -f "$JAR"
+token=$(form_token /login)
+CSRF_COOKIE=$(awk '$6 == "keel_csrf" { print $6 "=" $7 }' "$JAR")
+[[ -n "$token" && -n "$CSRF_COOKIE" ]] || die "no csrf token or cookie on /login"
+cat >"$WORK/login.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Cookie"] = "$CSRF_COOKIE"
+wrk.body = "email=bench%40example.com&password=bench+password+123&csrf_token=$token"
+LUA
+# A few connections: a login waits for a hashing thread, so 64 would only measure the queue.
+CONNECTIONS=8 run_wrk login "$KEEL_URL/login" "$KEEL_PID" -s "$WORK/login.lua"
+LOGIN_STATUS=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -H "Cookie: $CSRF_COOKIE" \
+    -H 'Content-Type: application/x-www-form-urlencoded' \
+    --data "email=bench%40example.com&password=bench+password+123&csrf_token=$token" "$KEEL_URL/login")
+[[ "$LOGIN_STATUS" == 303 ]] || die "the bench login answers $LOGIN_STATUS, not 303"
+
+# /health while logins flood the server from a second wrk: hashing must not starve it.
+log "login flood in the background, /health measured meanwhile"
+wrk -t1 -c32 -d"$((WARMUP + DURATION + 2))s" -s "$WORK/login.lua" "$KEEL_URL/login" >"$WORK/wrk-flood.txt" &
+FLOOD_PID=$!
+run_wrk health_flood "$KEEL_URL/health" "$KEEL_PID"
+wait "$FLOOD_PID" || true
+FLOOD_RPS=$(awk '$1 == "Requests/sec:" { printf "%.0f", $2 }' "$WORK/wrk-flood.txt")
+
 KEEL_PEAK_MIB=$(proc_mib "$KEEL_PID" VmHWM)
 BARE_PEAK_MIB=$(proc_mib "$BARE_PID" VmHWM)
 
@@ -366,7 +419,7 @@ row() {
 }
 
 FAILED_RUNS="none"
-for key in bare1 root health live bare2; do
+for key in bare1 root health live bare2 dashboard login health_flood; do
     if ((NON2XX[$key] + SOCKET_ERRORS[$key] > 0)); then
         [[ "$FAILED_RUNS" == none ]] && FAILED_RUNS="WARNING:"
         FAILED_RUNS+=" $key (${NON2XX[$key]} non-2xx/3xx, ${SOCKET_ERRORS[$key]} socket errors)"
@@ -392,6 +445,9 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     row health keel /health
     row live keel /health/live
     row bare2 bare_hello / '(run 2)'
+    row dashboard keel /dashboard '(signed in)'
+    row login keel 'POST /login' '(argon2id m=19 MiB t=2 p=1)'
+    row health_flood keel /health "(while logins flood: ${FLOOD_RPS} logins/s)"
     printf '| baseline (mean of bare runs, spread %s%%) | %s | | 1.00 | %s | 1.00 |\n' "$BARE_SPREAD" "$BASELINE" "$CPU_BASELINE"
     echo
     echo "- start to ready: ${KEEL_READY_MS} ms (spawn → first 200 from /health/live, database and migrations already in place, as on a restart; bare_hello: ${BARE_READY_MS} ms)"
@@ -411,6 +467,8 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     echo "| keel \`/\` ≥ 0.8× bare (req/s) | $(ratio root)× | $(pass_fail "$(ratio root) >= 0.8" root) |"
     echo "| keel \`/\` ≥ 0.8× bare (CPU per request) | $(cpu_ratio root)× | $(pass_fail "$(cpu_ratio root) >= 0.8" root) |"
     echo "| keel \`/health\` p99 < 5 ms | ${P99_MS[health]} ms | $(pass_fail "${P99_MS[health]} < 5" health) |"
+    echo "| keel \`/dashboard\` (signed in) ≥ 10k req/s | ${RPS[dashboard]} | $(pass_fail "${RPS[dashboard]} >= 10000" dashboard) |"
+    echo "| keel \`/health\` p99 < 10 ms during a login flood | ${P99_MS[health_flood]} ms | $(pass_fail "${P99_MS[health_flood]} < 10" health_flood) |"
     echo "| idle RSS ≤ 15 MiB | ${KEEL_IDLE_MIB} MiB | $(pass_fail "$KEEL_IDLE_MIB <= 15") |"
     echo "| start to ready ≤ 100 ms | ${KEEL_READY_MS} ms | $(pass_fail "$KEEL_READY_MS <= 100") |"
 } >"$REPORT"

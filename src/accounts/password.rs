@@ -1,17 +1,24 @@
 //! Password hashing with argon2id, off the async runtime and bounded.
 //!
-//! A hash costs ~19 MiB and tens of milliseconds of one core. Each runs on tokio's blocking
-//! pool, and a semaphore lets only a few run at once (one core is always left to serve
-//! pages), so a flood of logins queues here instead of starving `/health` and the pages.
+//! A hash costs ~19 MiB and tens of milliseconds of one core. Hashes run on a few threads of
+//! their own (one per core but one: a core is always left to serve pages), and a request waits
+//! at most `QUEUE_TIMEOUT` for one, so a flood of logins queues here instead of starving
+//! `/health` and the pages. Dedicated threads rather than tokio's blocking pool: every
+//! blocking-pool thread that ever hashed keeps its own 19 MiB malloc arena, which took a
+//! login flood to 266 MiB of RSS; a fixed set of threads keeps it to one arena each.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
 
 use anyhow::{Context as _, anyhow};
 use argon2::{
     Algorithm, Argon2, Params, Version,
     password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::domain::NewPassword;
 
@@ -37,9 +44,13 @@ pub enum HashError {
     Failed(#[from] anyhow::Error),
 }
 
+type Work = Box<dyn FnOnce() + Send>;
+
 #[derive(Clone)]
 pub struct Passwords {
+    /// One permit per hashing thread: holding one means a thread is free for the work.
     slots: Arc<Semaphore>,
+    work: mpsc::Sender<Work>,
 }
 
 impl Passwords {
@@ -49,9 +60,30 @@ impl Passwords {
         Self::with_slots(cores.saturating_sub(1).max(1))
     }
 
-    pub fn with_slots(slots: usize) -> Self {
+    /// Starts `threads` hashing threads; they end when the last clone of this is dropped.
+    pub fn with_slots(threads: usize) -> Self {
+        let (work, queue) = mpsc::channel::<Work>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..threads {
+            let queue = Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("keel-hash-{n}"))
+                .spawn(move || {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(work) => work(),
+                            Err(mpsc::RecvError) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(error = %error, "could not start a password hashing thread");
+            }
+        }
         Self {
-            slots: Arc::new(Semaphore::new(slots)),
+            slots: Arc::new(Semaphore::new(threads)),
+            work,
         }
     }
 
@@ -91,9 +123,18 @@ impl Passwords {
             .await
             .map_err(|_| HashError::Busy)?
             .context("the hashing semaphore is closed")?;
-        let result = tokio::task::spawn_blocking(work)
+        let (done, result) = oneshot::channel();
+        let job: Work = Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(anyhow!("password hashing panicked")));
+            let _ = done.send(outcome);
+        });
+        self.work
+            .send(job)
+            .map_err(|_| anyhow!("the password hashing threads are gone"))?;
+        let result = result
             .await
-            .context("the hashing task panicked")??;
+            .context("the password hashing thread dropped the work")??;
         Ok(result)
     }
 }
