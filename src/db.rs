@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::{
-    PgPool, Postgres,
+    Connection as _, PgPool, Postgres,
     migrate::{MigrateDatabase as _, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -24,6 +24,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// `cargo run` works on a fresh machine. That first connection stays in the pool for the
 /// migrations: each new connection costs a round of authentication (and a TLS handshake when
 /// the server offers TLS: ~90 ms measured against a local server).
+/// See the pool options in [`connect`].
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let url = config.database_url.expose_secret();
     let options: PgConnectOptions = url
@@ -33,6 +36,19 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings every connection when it goes back to the pool, and by default again
+        // when it is taken out: a second round trip for every query. A connection used
+        // within the last second was pinged on its return; only one idle for longer (when
+        // the server may have restarted meanwhile) is checked before it is handed out.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > RECHECK_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options.application_name("keel"));
     if !config.is_production() {
         match pool.acquire().await {
