@@ -8,8 +8,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use secrecy::ExposeSecret;
+
 use crate::{
     accounts::Accounts,
+    billing::signature::{self, Verifier},
     cache::Cache,
     config::Config,
     db,
@@ -55,6 +58,16 @@ impl App {
         let state = AppState::new(Services {
             csrf: CsrfKey::new(&config.secret_key),
             cookies: CookieNames::new(config.base_url.scheme() == "https"),
+            webhooks: (!config.stripe.webhook_secrets.is_empty()).then(|| {
+                Verifier::new(
+                    config
+                        .stripe
+                        .webhook_secrets
+                        .iter()
+                        .map(ExposeSecret::expose_secret),
+                    signature::DEFAULT_TOLERANCE,
+                )
+            }),
             config,
             db,
             cache,

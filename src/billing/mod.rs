@@ -3,3 +3,4 @@
 //! whether a delivery may be believed at all.
 
 pub mod signature;
+pub mod webhooks;

@@ -15,6 +15,7 @@ mod middleware;
 mod pages;
 pub mod rate_limit;
 pub mod session;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -37,7 +38,10 @@ use tower_http::{
 };
 
 use self::{csrf::CsrfKey, session::CookieNames};
-use crate::{accounts::Accounts, cache::Cache, config::Config, error::AppError, health::HealthChecker};
+use crate::{
+    accounts::Accounts, billing::signature::Verifier, cache::Cache, config::Config, error::AppError,
+    health::HealthChecker,
+};
 
 /// Largest body a form route accepts; larger gets 413.
 pub const FORM_BODY_LIMIT: usize = 64 * 1024;
@@ -59,6 +63,8 @@ pub struct Services {
     pub accounts: Accounts,
     pub csrf: CsrfKey,
     pub cookies: CookieNames,
+    /// `None` without `STRIPE_WEBHOOK_SECRET`: the webhook answers 503.
+    pub webhooks: Option<Verifier>,
 }
 
 impl AppState {
@@ -158,6 +164,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
 
     let router = Router::new()
         .merge(probes)
+        .merge(webhooks::router())
         .merge(site)
         .layer(stack)
         .with_state(state);

@@ -28,8 +28,8 @@ use crate::{
 };
 
 pub use queue::{
-    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
-    list_failed, purge_dead, retry,
+    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_kind,
+    enqueue_with, list_failed, purge_dead, retry,
 };
 pub use schedule::Schedule;
 pub use worker::{Backoff, Worker, WorkerConfig};

@@ -14,3 +14,4 @@ mod metrics;
 mod pages;
 mod rate_limit;
 mod smtp_server;
+mod webhooks;
