@@ -153,10 +153,29 @@ impl Accounts {
             return Ok(Login::Refused);
         };
         self.throttle.succeeded(email).await;
+        if !password::is_current(&user.password_hash) {
+            self.upgrade_hash(user.id, &user.password_hash, password).await?;
+        }
         let mut conn = self.db.acquire().await?;
         let session = sessions::create(&mut conn, user.id, user.team_id, user_agent).await?;
         tracing::info!(user_id = %user.id, "signed in");
         Ok(Login::SignedIn(session))
+    }
+
+    /// Replaces a hash made with older parameters (the password just verified against it).
+    async fn upgrade_hash(&self, user_id: Uuid, old_hash: &str, password: &str) -> Result<()> {
+        let new_hash = self.passwords.rehash(password).await?;
+        // Compare-and-set: a password changed meanwhile is not overwritten.
+        sqlx::query!(
+            "UPDATE users SET password_hash = $3, updated_at = now() WHERE id = $1 AND password_hash = $2",
+            user_id,
+            old_hash,
+            new_hash,
+        )
+        .execute(&self.db)
+        .await?;
+        tracing::info!(%user_id, "password hash upgraded to the current parameters");
+        Ok(())
     }
 
     /// The live session behind a cookie's token.

@@ -93,7 +93,16 @@ impl Passwords {
 
     /// The PHC string to store for `password`.
     pub async fn hash(&self, password: &NewPassword) -> Result<String, HashError> {
-        let password = password.expose().to_owned();
+        self.hash_unchecked(password.expose().to_owned()).await
+    }
+
+    /// A new hash, with today's parameters, of a password that just verified against a hash
+    /// made with older ones (see [`is_current`]); it met the rules of its day.
+    pub async fn rehash(&self, password: &str) -> Result<String, HashError> {
+        self.hash_unchecked(password.to_owned()).await
+    }
+
+    async fn hash_unchecked(&self, password: String) -> Result<String, HashError> {
         self.run(move || {
             let salt: [u8; 16] = rand::random();
             let params = params();
@@ -160,6 +169,18 @@ impl Default for Passwords {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Whether `stored` was made with today's algorithm and parameters. A fork that raises the
+/// cost gets every account upgraded at its next login.
+pub fn is_current(stored: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let current = ParamsString::try_from(&params()).map(|p| p.to_string());
+    hash.algorithm == Algorithm::Argon2id.ident()
+        && hash.version == Some(Version::V0x13.into())
+        && current.is_ok_and(|current| current == hash.params.to_string())
 }
 
 fn params() -> Params {
@@ -284,6 +305,26 @@ mod tests {
                 .unwrap()
         );
         assert!(!passwords.verify("legacy secreT", Some(theirs)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn only_hashes_with_todays_parameters_are_current() {
+        use argon2::password_hash::PasswordHasher as _;
+        let passwords = Passwords::with_slots(1);
+        let today = passwords.hash(&password("a current one")).await.unwrap();
+        assert!(is_current(&today));
+        assert!(is_current(DUMMY_HASH));
+        let older = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 3, 1, None).unwrap(),
+        );
+        let old = older
+            .hash_password_with_salt(b"x", b"0123456789abcdef")
+            .unwrap()
+            .to_string();
+        assert!(!is_current(&old));
+        assert!(!is_current("garbage"));
     }
 
     #[tokio::test]

@@ -1120,3 +1120,38 @@ async fn with_redis_down_logins_work_and_are_still_throttled_in_process() {
     let locked = log_in(&mut attacker, "pia@example.com", "guess").await;
     assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
+    use argon2::password_hash::PasswordHasher as _;
+    let (app, _smtp) = app_with_smtp().await;
+    sign_up(&mut Visitor::new(&app), "quinn@example.com").await;
+    let older = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(8192, 3, 1, None).unwrap(),
+    );
+    let old_hash = older
+        .hash_password_with_salt(PASSWORD.as_bytes(), b"0123456789abcdef")
+        .unwrap()
+        .to_string();
+    let mut db = app.database.connect().await;
+    sqlx::query("UPDATE users SET password_hash = $1")
+        .bind(&old_hash)
+        .execute(&mut db)
+        .await
+        .unwrap();
+
+    let login = log_in(&mut Visitor::new(&app), "quinn@example.com", PASSWORD).await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "the old hash still verifies");
+    let upgraded: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(
+        upgraded.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{upgraded}"
+    );
+    let again = log_in(&mut Visitor::new(&app), "quinn@example.com", PASSWORD).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "and the new one too");
+}
