@@ -42,6 +42,21 @@ enum Command {
     Healthcheck,
     /// Send a test email to ADDRESS now, through SMTP_URL, and report the outcome.
     SendTestEmail { address: String },
+    /// Stripe events and subscriptions.
+    Stripe {
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StripeCommand {
+    /// Process a stored webhook event again, now (idempotent: state only moves forward and
+    /// no email is sent twice).
+    Replay {
+        /// The event id (`evt_…`), as in the stripe_events table or Stripe's dashboard.
+        event_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +92,7 @@ fn main() -> ExitCode {
         Command::Jobs { command } => with_config(|config| run(jobs_command(config, command))),
         Command::Migrate => with_config(|config| run(migrate(config))),
         Command::SendTestEmail { address } => with_config(|config| run(send_test_email(config, address))),
+        Command::Stripe { command } => with_config(|config| run(stripe_command(config, command))),
     }
 }
 
@@ -234,6 +250,18 @@ async fn jobs_command(config: Config, command: JobsCommand) -> anyhow::Result<()
             } else {
                 anyhow::bail!("no dead or failing job {id} (see `keel jobs list`)")
             }
+        }
+    }
+}
+
+async fn stripe_command(config: Config, command: StripeCommand) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    let mailer = mail::Mailer::from_config(&config)?;
+    match command {
+        StripeCommand::Replay { event_id } => {
+            let outcome = keel::billing::events::replay(&pool, &mailer, &event_id).await?;
+            println!("{event_id}: {outcome}");
+            Ok(())
         }
     }
 }

@@ -2,5 +2,6 @@
 //! changes from signed webhook deliveries, so the first piece is the signature check that decides
 //! whether a delivery may be believed at all.
 
+pub mod events;
 pub mod signature;
 pub mod webhooks;

@@ -81,18 +81,10 @@ impl Stored {
     }
 }
 
-/// Processes one stored event. Queued with the event; its handler is registered once event
-/// processing is built (issue 5), and until then the jobs wait in the queue, durable: workers
-/// only claim kinds they can run.
+/// Processes one stored event (see `billing::events`). Queued with the event.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProcessStripeEvent {
     pub event_id: String,
-}
-
-impl ProcessStripeEvent {
-    pub const KIND: &'static str = "stripe.process_event";
-    /// Stripe's own retry horizon is three days; processing retries for about as long.
-    pub const MAX_ATTEMPTS: i32 = 25;
 }
 
 /// Stores `envelope` with `body` (the raw, verified bytes) and queues its processing, in one
@@ -126,13 +118,7 @@ pub async fn store(db: &PgPool, envelope: &Envelope, body: &[u8]) -> Result<Resu
     let job = ProcessStripeEvent {
         event_id: envelope.id.clone(),
     };
-    jobs::enqueue_kind(
-        &mut tx,
-        ProcessStripeEvent::KIND,
-        &job,
-        ProcessStripeEvent::MAX_ATTEMPTS,
-    )
-    .await?;
+    jobs::enqueue(&mut tx, &job).await?;
     tx.commit().await?;
     Ok(Ok(Stored::New))
 }

@@ -24,12 +24,13 @@ use sqlx::PgPool;
 
 use crate::{
     accounts::{PurgeExpiredAuth, SendPasswordReset},
+    billing::webhooks::ProcessStripeEvent,
     mail::{DeliverEmail, Mailer, PurgeOldEmails},
 };
 
 pub use queue::{
-    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_kind,
-    enqueue_with, list_failed, purge_dead, retry,
+    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
+    list_failed, purge_dead, retry,
 };
 pub use schedule::Schedule;
 pub use worker::{Backoff, Worker, WorkerConfig};
@@ -112,6 +113,7 @@ pub fn registry() -> Registry {
         .register::<PurgeOldEmails>()
         .register::<SendPasswordReset>()
         .register::<PurgeExpiredAuth>()
+        .register::<ProcessStripeEvent>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.

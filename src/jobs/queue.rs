@@ -44,25 +44,6 @@ pub async fn enqueue_with<J: Job>(
     insert(conn, J::KIND, &to_payload(job)?, J::MAX_ATTEMPTS, options).await
 }
 
-/// Adds a job by its kind's name, for work whose handler may not be registered in this build
-/// (workers only claim kinds they can run, so such a job waits, durable, for one that can).
-pub async fn enqueue_kind(
-    conn: &mut PgConnection,
-    kind: &str,
-    payload: &impl Serialize,
-    max_attempts: i32,
-) -> anyhow::Result<JobId> {
-    insert(
-        conn,
-        kind,
-        &to_payload(payload)?,
-        max_attempts,
-        EnqueueOptions::default(),
-    )
-    .await?
-    .context("a job without a key is always added")
-}
-
 pub(super) fn to_payload(job: &impl Serialize) -> anyhow::Result<serde_json::Value> {
     serde_json::to_value(job).context("serializing a job payload")
 }

@@ -30,7 +30,10 @@ use crate::{
     jobs::{self, Job, JobContext},
 };
 
-pub use templates::{PasswordChanged, PasswordReset, SmtpTest, VerifyEmail};
+pub use templates::{
+    PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
+    PaymentRetriesExhausted, SmtpTest, TrialEnding, VerifyEmail,
+};
 
 /// Each SMTP command may take this long before the attempt counts as failed. (No timeout
 /// around the whole send: cutting a pooled SMTP session midway would leave it out of step.)

@@ -86,6 +86,69 @@ email_templates!(
     html: "emails/password_changed/body.html"
 );
 
+/// Dunning: a subscription payment failed and Stripe will try again.
+pub struct PaymentFailed {
+    pub billing_link: String,
+    pub attempt: i64,
+}
+
+email_templates!(
+    PaymentFailed,
+    subject: "emails/payment_failed/subject.txt",
+    text: "emails/payment_failed/body.txt",
+    html: "emails/payment_failed/body.html"
+);
+
+/// Dunning: the last automatic attempt failed.
+pub struct PaymentRetriesExhausted {
+    pub billing_link: String,
+}
+
+email_templates!(
+    PaymentRetriesExhausted,
+    subject: "emails/payment_final_notice/subject.txt",
+    text: "emails/payment_final_notice/body.txt",
+    html: "emails/payment_final_notice/body.html"
+);
+
+/// Dunning is over: a payment went through.
+pub struct PaymentRecovered {
+    pub billing_link: String,
+}
+
+email_templates!(
+    PaymentRecovered,
+    subject: "emails/payment_recovered/subject.txt",
+    text: "emails/payment_recovered/body.txt",
+    html: "emails/payment_recovered/body.html"
+);
+
+/// The bank wants the card holder to confirm the payment (3-D Secure).
+pub struct PaymentActionRequired {
+    pub invoice_link: String,
+}
+
+email_templates!(
+    PaymentActionRequired,
+    subject: "emails/payment_action_required/subject.txt",
+    text: "emails/payment_action_required/body.txt",
+    html: "emails/payment_action_required/body.html"
+);
+
+/// A trial ends in a few days.
+pub struct TrialEnding {
+    pub billing_link: String,
+    /// "on 2026-12-01", or "soon".
+    pub ends_on: String,
+}
+
+email_templates!(
+    TrialEnding,
+    subject: "emails/trial_ending/subject.txt",
+    text: "emails/trial_ending/body.txt",
+    html: "emails/trial_ending/body.html"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

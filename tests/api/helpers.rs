@@ -98,6 +98,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app after `customize` has adjusted its environment.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<&'static str, String>)) -> TestApp {
+    spawn(customize, true).await
+}
+
+/// Like [`spawn_app_with`], as `keel serve --no-worker`: queued jobs stay queued, for tests of
+/// what a request enqueues.
+pub async fn spawn_web_only_with(customize: impl FnOnce(&mut HashMap<&'static str, String>)) -> TestApp {
+    spawn(customize, false).await
+}
+
+async fn spawn(customize: impl FnOnce(&mut HashMap<&'static str, String>), worker: bool) -> TestApp {
     init_logging();
     let database = DatabaseGuard::new(unique_database_name());
     let mut env = test_env(&database.name);
@@ -115,6 +125,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<&'static str, St
     let mut config = Config::from_lookup(|name| env.get(name).cloned()).expect("test configuration is valid");
     config.redis_key_prefix = format!("keel_test:{}:", database.name);
     let app = App::build(config).await.expect("app builds");
+    let app = if worker { app } else { app.without_worker() };
     let port = app.port();
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run(shutdown.clone()));

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod billing;
 mod browser;
 mod cli;
 mod headers;

@@ -6,7 +6,9 @@ use futures_util::future::join_all;
 use hmac::{KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 
-use crate::helpers::{TcpProxy, TestApp, database_server_url_via, database_socket_addr, spawn_app_with};
+use crate::helpers::{
+    TcpProxy, TestApp, database_server_url_via, database_socket_addr, spawn_app_with, spawn_web_only_with,
+};
 
 const SECRET: &str = "whsec_test_secret_for_keel";
 
@@ -27,9 +29,11 @@ fn signature(secret: &str, body: &[u8], t: i64) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The web side only (`serve --no-worker`): what a delivery stores and queues stays visible.
+/// Processing is tested in `billing.rs`.
 async fn app_with_secret(secret: &str) -> TestApp {
     let secret = secret.to_owned();
-    spawn_app_with(|env| {
+    spawn_web_only_with(|env| {
         env.insert("STRIPE_WEBHOOK_SECRET", secret);
         // Webhooks are not under the site's per-client limit.
         env.insert("RATE_LIMIT_BURST", "2".into());

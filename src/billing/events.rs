@@ -1,0 +1,438 @@
+//! Processing stored Stripe events: subscription state and dunning.
+//!
+//! One job per event (`ProcessStripeEvent`), run at least once, so every step is idempotent:
+//! - the event row is locked and marked processed in the same transaction as its effects, so
+//!   a second run (a redelivered job, `keel stripe replay`) finds it done;
+//! - subscription state is applied only from an event at least as new as the state it
+//!   replaces (`state_as_of`, Stripe's `created`): an older event arriving late changes nothing;
+//! - every email has an idempotency key (`dunning:<invoice>:<attempt>`, …), so none is sent
+//!   twice even if two events lead to it.
+//!
+//! Objects are read leniently from the JSON (only the fields used), in both API shapes: the
+//! invoice's subscription is `invoice.subscription` before 2025-03-31 and
+//! `invoice.parent.subscription_details.subscription` after; a subscription's period end is
+//! top-level before and on its items after.
+//!
+//! An event that needs state keel has not learned yet (a subscription whose customer no
+//! checkout has linked to a team, an invoice of an unknown subscription) fails its attempt and
+//! is retried with backoff: the event it waits for is usually a few seconds behind.
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::webhooks::ProcessStripeEvent;
+use crate::{
+    jobs::{Job, JobContext},
+    mail::{
+        self, Email, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered, PaymentRetriesExhausted,
+        TrialEnding,
+    },
+};
+
+impl Job for ProcessStripeEvent {
+    const KIND: &'static str = "stripe.process_event";
+    /// Stripe itself retries a delivery for three days; waiting for a missing event as long.
+    const MAX_ATTEMPTS: i32 = 25;
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        process(&context.db, &context.mailer, &self.event_id).await
+    }
+}
+
+/// What processing did with an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Processed {
+    Applied,
+    AlreadyProcessed,
+    /// A type keel does not act on (stored and acknowledged all the same).
+    Ignored,
+}
+
+impl std::fmt::Display for Processed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Processed::Applied => "processed",
+            Processed::AlreadyProcessed => "already processed",
+            Processed::Ignored => "processed (a type keel does not act on)",
+        })
+    }
+}
+
+/// `keel stripe replay`: processes a stored event again, now. Safe at any time: state only
+/// moves forward (`state_as_of`) and every email has its idempotency key.
+pub async fn replay(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<Processed> {
+    let reset = sqlx::query!(
+        "UPDATE stripe_events SET processed_at = NULL WHERE id = $1",
+        event_id
+    )
+    .execute(db)
+    .await?;
+    if reset.rows_affected() == 0 {
+        bail!("no stored event {event_id} (see the stripe_events table)");
+    }
+    process_event(db, mailer, event_id).await
+}
+
+/// Processes the stored event `event_id` once.
+pub async fn process(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<()> {
+    let processed = process_event(db, mailer, event_id).await?;
+    tracing::info!(event = event_id, ?processed, "stripe event processed");
+    Ok(())
+}
+
+async fn process_event(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<Processed> {
+    let mut tx = db.begin().await?;
+    let event = sqlx::query!(
+        r#"SELECT type AS kind, created, payload, processed_at FROM stripe_events WHERE id = $1 FOR UPDATE"#,
+        event_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .with_context(|| format!("no stored event {event_id}"))?;
+    if event.processed_at.is_some() {
+        return Ok(Processed::AlreadyProcessed);
+    }
+    let payload: Value = serde_json::from_str(&event.payload).context("the stored event is not JSON")?;
+    let object = &payload["data"]["object"];
+    let at = event.created;
+    let outcome = match event.kind.as_str() {
+        "checkout.session.completed" => link_customer(&mut tx, object).await?,
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => apply_subscription(&mut tx, object, at).await?,
+        "customer.subscription.trial_will_end" => trial_will_end(&mut tx, mailer, object).await?,
+        "invoice.payment_failed" => payment_failed(&mut tx, mailer, object, at).await?,
+        "invoice.paid" | "invoice.payment_succeeded" => {
+            payment_succeeded(&mut tx, mailer, object, at).await?
+        }
+        "invoice.payment_action_required" => action_required(&mut tx, mailer, object).await?,
+        "customer.deleted" => {
+            let customer = object.get("id").and_then(Value::as_str).unwrap_or_default();
+            sqlx::query!(
+                "UPDATE teams SET stripe_customer_id = NULL WHERE stripe_customer_id = $1",
+                customer
+            )
+            .execute(&mut *tx)
+            .await?;
+            Processed::Applied
+        }
+        // customer.updated carries nothing keel keeps; anything else is not ours to act on.
+        _ => Processed::Ignored,
+    };
+    sqlx::query!(
+        "UPDATE stripe_events SET processed_at = now() WHERE id = $1",
+        event_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// A string field, or the `id` of an expanded object in its place.
+fn id_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
+    let value = object.pointer(pointer)?;
+    value.as_str().or_else(|| value.get("id")?.as_str())
+}
+
+fn time_at(object: &Value, pointer: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(object.pointer(pointer)?.as_i64()?).ok()
+}
+
+/// The subscription an invoice belongs to, in either API shape.
+fn invoice_subscription(invoice: &Value) -> Option<&str> {
+    id_at(invoice, "/subscription").or_else(|| id_at(invoice, "/parent/subscription_details/subscription"))
+}
+
+/// checkout.session.completed: `client_reference_id` is the team that checked out; its
+/// customer is remembered, so the subscription events that follow find the team.
+async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result<Processed> {
+    let team = session
+        .get("client_reference_id")
+        .and_then(Value::as_str)
+        .and_then(|reference| Uuid::parse_str(reference).ok());
+    let (Some(team), Some(customer)) = (team, id_at(session, "/customer")) else {
+        tracing::warn!("checkout session without a team reference or a customer: ignored");
+        return Ok(Processed::Ignored);
+    };
+    let linked = sqlx::query!(
+        "UPDATE teams SET stripe_customer_id = $2
+         WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)",
+        team,
+        customer,
+    )
+    .execute(&mut *tx)
+    .await?;
+    if linked.rows_affected() == 0 {
+        tracing::warn!(%team, customer, "checkout for a team that is gone or has another customer: not linked");
+    }
+    Ok(Processed::Applied)
+}
+
+/// The team of a Stripe customer (linked at checkout), or the `team_id` in the object's
+/// metadata.
+async fn team_of(tx: &mut PgConnection, customer: &str, object: &Value) -> anyhow::Result<Option<Uuid>> {
+    let linked = sqlx::query_scalar!("SELECT id FROM teams WHERE stripe_customer_id = $1", customer)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(linked.or_else(|| {
+        object
+            .pointer("/metadata/team_id")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok())
+    }))
+}
+
+/// customer.subscription.created / updated / deleted: the subscription as the event saw it,
+/// unless keel already holds a newer state.
+async fn apply_subscription(
+    tx: &mut PgConnection,
+    subscription: &Value,
+    at: OffsetDateTime,
+) -> anyhow::Result<Processed> {
+    let id = id_at(subscription, "/id").context("a subscription without an id")?;
+    let customer = id_at(subscription, "/customer").context("a subscription without a customer")?;
+    let Some(team) = team_of(tx, customer, subscription).await? else {
+        bail!("customer {customer} of {id} is not linked to a team yet (waiting for its checkout)");
+    };
+    let status = subscription
+        .get("status")
+        .and_then(Value::as_str)
+        .context("a subscription without a status")?;
+    let period_end = time_at(subscription, "/current_period_end")
+        .or_else(|| time_at(subscription, "/items/data/0/current_period_end"));
+    sqlx::query!(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
+                                    cancel_at_period_end, trial_end, state_as_of)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE SET
+             team_id = EXCLUDED.team_id, customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+             price_id = EXCLUDED.price_id, current_period_end = EXCLUDED.current_period_end,
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end, trial_end = EXCLUDED.trial_end,
+             state_as_of = EXCLUDED.state_as_of, updated_at = now(),
+             -- Back in good standing after the failure: dunning is over.
+             payment_failed_at = CASE
+                 WHEN EXCLUDED.status IN ('active', 'trialing')
+                      AND EXCLUDED.state_as_of > subscriptions.payment_failed_at THEN NULL
+                 ELSE subscriptions.payment_failed_at END
+         WHERE subscriptions.state_as_of <= EXCLUDED.state_as_of",
+        id,
+        team,
+        customer,
+        status,
+        id_at(subscription, "/items/data/0/price/id"),
+        period_end,
+        subscription
+            .get("cancel_at_period_end")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        time_at(subscription, "/trial_end"),
+        at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(Processed::Applied)
+}
+
+/// The team and owner's address behind a subscription keel knows, locked for the update.
+async fn subscription_owner(tx: &mut PgConnection, subscription: &str) -> anyhow::Result<(Uuid, String)> {
+    let row = sqlx::query!(
+        r#"SELECT s.team_id, u.email AS "email?"
+           FROM subscriptions s
+           LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           LEFT JOIN users u ON u.id = m.user_id
+           WHERE s.id = $1
+           ORDER BY m.created_at
+           LIMIT 1
+           FOR UPDATE OF s"#,
+        subscription
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        bail!("subscription {subscription} is not known yet (waiting for its subscription event)");
+    };
+    let email = row
+        .email
+        .with_context(|| format!("the team of {subscription} has no owner to email"))?;
+    Ok((row.team_id, email))
+}
+
+async fn send(
+    tx: &mut PgConnection,
+    mailer: &Mailer,
+    to: &str,
+    key: &str,
+    email: &impl Email,
+) -> anyhow::Result<()> {
+    mail::enqueue(tx, mailer, to, key, email).await?;
+    Ok(())
+}
+
+/// invoice.payment_failed: the team enters dunning (if not in it already) and the owner gets
+/// one email for this attempt; the last attempt (no `next_payment_attempt`) is a final notice.
+async fn payment_failed(
+    tx: &mut PgConnection,
+    mailer: &Mailer,
+    invoice: &Value,
+    at: OffsetDateTime,
+) -> anyhow::Result<Processed> {
+    let Some(subscription) = invoice_subscription(invoice) else {
+        return Ok(Processed::Ignored);
+    };
+    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
+    let (_, owner) = subscription_owner(tx, subscription).await?;
+    sqlx::query!(
+        "UPDATE subscriptions SET payment_failed_at = coalesce(payment_failed_at, $2), updated_at = now()
+         WHERE id = $1",
+        subscription,
+        at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let attempt = invoice.get("attempt_count").and_then(Value::as_i64).unwrap_or(1);
+    let key = format!("dunning:{invoice_id}:{attempt}");
+    let billing_link = mailer.link("/billing");
+    if invoice.get("next_payment_attempt").is_none_or(Value::is_null) {
+        send(
+            tx,
+            mailer,
+            &owner,
+            &key,
+            &PaymentRetriesExhausted { billing_link },
+        )
+        .await?;
+    } else {
+        send(
+            tx,
+            mailer,
+            &owner,
+            &key,
+            &PaymentFailed {
+                billing_link,
+                attempt,
+            },
+        )
+        .await?;
+    }
+    Ok(Processed::Applied)
+}
+
+/// invoice.paid / invoice.payment_succeeded (both arrive for one payment): a payment after
+/// the failure ends dunning and the owner is told once.
+async fn payment_succeeded(
+    tx: &mut PgConnection,
+    mailer: &Mailer,
+    invoice: &Value,
+    at: OffsetDateTime,
+) -> anyhow::Result<Processed> {
+    let Some(subscription) = invoice_subscription(invoice) else {
+        return Ok(Processed::Ignored);
+    };
+    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
+    let (_, owner) = subscription_owner(tx, subscription).await?;
+    let recovered = sqlx::query!(
+        "UPDATE subscriptions SET payment_failed_at = NULL, updated_at = now()
+         WHERE id = $1 AND payment_failed_at IS NOT NULL AND payment_failed_at <= $2",
+        subscription,
+        at,
+    )
+    .execute(&mut *tx)
+    .await?;
+    if recovered.rows_affected() > 0 {
+        let key = format!("recovered:{invoice_id}");
+        let email = PaymentRecovered {
+            billing_link: mailer.link("/billing"),
+        };
+        send(tx, mailer, &owner, &key, &email).await?;
+    }
+    Ok(Processed::Applied)
+}
+
+/// invoice.payment_action_required (3-D Secure): the owner gets the hosted invoice page,
+/// where the bank's check is completed.
+async fn action_required(
+    tx: &mut PgConnection,
+    mailer: &Mailer,
+    invoice: &Value,
+) -> anyhow::Result<Processed> {
+    let Some(subscription) = invoice_subscription(invoice) else {
+        return Ok(Processed::Ignored);
+    };
+    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
+    let Some(invoice_link) = invoice.get("hosted_invoice_url").and_then(Value::as_str) else {
+        bail!("invoice {invoice_id} needs action but has no hosted_invoice_url");
+    };
+    let (_, owner) = subscription_owner(tx, subscription).await?;
+    let attempt = invoice.get("attempt_count").and_then(Value::as_i64).unwrap_or(1);
+    let email = PaymentActionRequired {
+        invoice_link: invoice_link.to_owned(),
+    };
+    send(
+        tx,
+        mailer,
+        &owner,
+        &format!("action-required:{invoice_id}:{attempt}"),
+        &email,
+    )
+    .await?;
+    Ok(Processed::Applied)
+}
+
+/// customer.subscription.trial_will_end: a reminder, once per trial end.
+async fn trial_will_end(
+    tx: &mut PgConnection,
+    mailer: &Mailer,
+    subscription: &Value,
+) -> anyhow::Result<Processed> {
+    let id = id_at(subscription, "/id").context("a subscription without an id")?;
+    let customer = id_at(subscription, "/customer").context("a subscription without a customer")?;
+    let Some(team) = team_of(tx, customer, subscription).await? else {
+        bail!("customer {customer} of {id} is not linked to a team yet (waiting for its checkout)");
+    };
+    let owner = sqlx::query_scalar!(
+        "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
+        team
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .with_context(|| format!("team {team} has no owner to email"))?;
+    let trial_end = time_at(subscription, "/trial_end");
+    let ends_on = trial_end.map_or_else(|| "soon".to_owned(), |end| format!("on {}", end.date()));
+    let key = format!(
+        "trial-ending:{id}:{}",
+        trial_end.map_or(0, OffsetDateTime::unix_timestamp)
+    );
+    let email = TrialEnding {
+        billing_link: mailer.link("/billing"),
+        ends_on,
+    };
+    send(tx, mailer, &owner, &key, &email).await?;
+    Ok(Processed::Applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_invoice_names_its_subscription_in_either_api_shape() {
+        let acacia = json!({ "id": "in_1", "subscription": "sub_old" });
+        let basil =
+            json!({ "id": "in_1", "parent": { "subscription_details": { "subscription": "sub_new" } } });
+        let expanded = json!({ "id": "in_1", "subscription": { "id": "sub_exp", "object": "subscription" } });
+        assert_eq!(invoice_subscription(&acacia), Some("sub_old"));
+        assert_eq!(invoice_subscription(&basil), Some("sub_new"));
+        assert_eq!(invoice_subscription(&expanded), Some("sub_exp"));
+        assert_eq!(
+            invoice_subscription(&json!({ "id": "in_1", "subscription": null })),
+            None
+        );
+    }
+}

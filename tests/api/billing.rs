@@ -1,0 +1,416 @@
+//! Stripe event processing end to end: the shared events (both API shapes), signed and
+//! delivered to `/webhooks/stripe`, processed by the app's own worker, emails counted at the
+//! tests' SMTP server.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use hmac::{KeyInit as _, Mac as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    helpers::{TestApp, spawn_app_with, wait_until},
+    smtp_server::{Behaviour, FakeSmtp},
+};
+
+const SECRET: &str = "whsec_billing_tests";
+const OWNER: &str = "owner@example.com";
+const SUBSCRIPTION: &str = "sub_1SaaSTestSub0000000000A1";
+const CUSTOMER: &str = "cus_SaaSTest00001A";
+const RENEWAL_INVOICE: &str = "in_1SaaSTestInv000000000002";
+/// Processing waits for missing events with backoff (5 s first): room for a retry or two.
+const PATIENCE: Duration = Duration::from_secs(40);
+
+const SHAPES: [&str; 2] = ["", "legacy_2025-02-24.acacia/"];
+
+/// A shared event, from the shape's folder when it has one, else the basil one.
+fn event(shape: &str, name: &str) -> Value {
+    let root = format!("{}/../shared/stripe/events", env!("CARGO_MANIFEST_DIR"));
+    let path = [
+        format!("{root}/{shape}{name}.json"),
+        format!("{root}/{name}.json"),
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
+    .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `value` with the JSON pointer `pointer` set to `new`.
+fn with(mut value: Value, pointer: &str, new: Value) -> Value {
+    *value
+        .pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("no {pointer}")) = new;
+    value
+}
+
+/// A copy of `event` as a new event: another id, `created` moved by `later` seconds.
+fn again(event: &Value, id: &str, later: i64) -> Value {
+    let created = event["created"].as_i64().unwrap() + later;
+    with(with(event.clone(), "/id", json!(id)), "/created", json!(created))
+}
+
+struct Billing {
+    app: TestApp,
+    smtp: FakeSmtp,
+    team: Uuid,
+}
+
+impl Billing {
+    async fn start() -> Self {
+        let smtp = FakeSmtp::start(Behaviour::default()).await;
+        let url = smtp.url();
+        let app = spawn_app_with(|env| {
+            env.insert("SMTP_URL", url);
+            env.insert("STRIPE_WEBHOOK_SECRET", SECRET.into());
+        })
+        .await;
+        // The owner signs up through the form: their personal team is the one that pays.
+        let client = &app.client;
+        let page = client.get(app.url("/signup")).send().await.unwrap();
+        let cookie = page.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let html = page.text().await.unwrap();
+        let marker = "name=\"csrf_token\" value=\"";
+        let start = html.find(marker).unwrap() + marker.len();
+        let token = &html[start..start + html[start..].find('"').unwrap()];
+        let signup = client
+            .post(app.url("/signup"))
+            .header("cookie", cookie)
+            .form(&[
+                ("email", OWNER),
+                ("password", "owner password 1"),
+                ("csrf_token", token),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signup.status(), StatusCode::SEE_OTHER);
+        let mut db = app.database.connect().await;
+        let team: Uuid = sqlx::query_scalar("SELECT team_id FROM memberships")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        Self { app, smtp, team }
+    }
+
+    async fn deliver(&self, event: &Value) {
+        let body = serde_json::to_vec(event).unwrap();
+        let t = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        let header = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+        let response = self
+            .app
+            .client
+            .post(self.app.url("/webhooks/stripe"))
+            .header("stripe-signature", header)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{}", event["type"]);
+    }
+
+    /// The checkout of this team, as Stripe reports it.
+    fn checkout(&self, shape: &str) -> Value {
+        with(
+            event(shape, "checkout.session.completed"),
+            "/data/object/client_reference_id",
+            json!(self.team.to_string()),
+        )
+    }
+
+    async fn subscription(&self) -> Option<(String, bool)> {
+        let mut db = self.app.database.connect().await;
+        sqlx::query_as("SELECT status, payment_failed_at IS NOT NULL FROM subscriptions WHERE id = $1")
+            .bind(SUBSCRIPTION)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for_subscription(&self, status: &str, in_dunning: bool) {
+        let want = Some((status.to_owned(), in_dunning));
+        wait_until(
+            &format!("subscription {status}, dunning {in_dunning}"),
+            PATIENCE,
+            || async {
+                match self.subscription().await {
+                    now if now == want => Ok(()),
+                    now => Err(format!("{now:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn all_processed(&self) {
+        wait_until("every stored event processed", PATIENCE, || async {
+            let mut db = self.app.database.connect().await;
+            let waiting: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+            if waiting == 0 {
+                Ok(())
+            } else {
+                Err(format!("{waiting} waiting"))
+            }
+        })
+        .await;
+    }
+
+    fn emails(&self, subject: &str) -> usize {
+        self.smtp
+            .accepted()
+            .iter()
+            .filter(|m| m.recipients.iter().any(|r| r == OWNER) && m.data.contains(subject))
+            .count()
+    }
+
+    async fn wait_for_emails(&self, subject: &str, count: usize) {
+        wait_until(&format!("{count} × '{subject}'"), PATIENCE, || async {
+            match self.emails(subject) {
+                n if n == count => Ok(()),
+                n => Err(format!("{n} sent")),
+            }
+        })
+        .await;
+    }
+}
+
+const FAILED: &str = "Your payment did not go through";
+const FINAL: &str = "Final notice";
+const RECOVERED: &str = "Payment received";
+
+#[tokio::test]
+async fn the_dunning_story_in_both_api_shapes_sends_each_email_exactly_once() {
+    for shape in SHAPES {
+        let billing = Billing::start().await;
+
+        // Checkout: the subscription event is older than the checkout that links the customer
+        // to the team, and is processed once the link exists.
+        billing
+            .deliver(&event(shape, "customer.subscription.created"))
+            .await;
+        billing.deliver(&billing.checkout(shape)).await;
+        billing.deliver(&event(shape, "invoice.paid")).await;
+        billing.wait_for_subscription("active", false).await;
+
+        // The renewal fails: past_due, attempt 1, delivered twice and concurrently.
+        let failed = event(shape, "invoice.payment_failed");
+        billing
+            .deliver(&event(shape, "customer.subscription.updated"))
+            .await;
+        join_all((0..4).map(|_| billing.deliver(&failed))).await;
+        billing.wait_for_subscription("past_due", true).await;
+        billing.wait_for_emails(FAILED, 1).await;
+
+        // Attempt 2, and the same attempt reported again under another event id: one email.
+        let second = with(
+            again(&failed, "evt_attempt2", 86_400),
+            "/data/object/attempt_count",
+            json!(2),
+        );
+        billing.deliver(&second).await;
+        billing.deliver(&again(&second, "evt_attempt2_again", 1)).await;
+        billing.wait_for_emails(FAILED, 2).await;
+
+        // The last attempt: no next_payment_attempt, a final notice.
+        let last = with(
+            with(
+                again(&failed, "evt_attempt4", 4 * 86_400),
+                "/data/object/attempt_count",
+                json!(4),
+            ),
+            "/data/object/next_payment_attempt",
+            Value::Null,
+        );
+        billing.deliver(&last).await;
+        billing.wait_for_emails(FINAL, 1).await;
+
+        // The card is fixed: both success events for the renewal invoice, one recovery email.
+        let paid = with(
+            again(
+                &event(shape, "invoice.paid"),
+                "evt_recovered",
+                5 * 86_400 + 3_000_000,
+            ),
+            "/data/object/id",
+            json!(RENEWAL_INVOICE),
+        );
+        let paid = with(
+            paid,
+            "/created",
+            json!(failed["created"].as_i64().unwrap() + 5 * 86_400),
+        );
+        let succeeded = with(
+            again(&paid, "evt_recovered_too", 1),
+            "/type",
+            json!("invoice.payment_succeeded"),
+        );
+        billing.deliver(&paid).await;
+        billing.deliver(&succeeded).await;
+        billing.wait_for_subscription("past_due", false).await;
+        billing.wait_for_emails(RECOVERED, 1).await;
+        billing.all_processed().await;
+
+        // Everything settled: no email more than once.
+        assert_eq!(billing.emails(FAILED), 2, "{shape}");
+        assert_eq!(billing.emails(FINAL), 1, "{shape}");
+        assert_eq!(billing.emails(RECOVERED), 1, "{shape}");
+        let links = billing
+            .smtp
+            .accepted()
+            .iter()
+            .filter(|m| m.data.contains("/billing"))
+            .count();
+        assert!(links >= 4, "dunning emails link to /billing");
+
+        // Then canceled.
+        billing
+            .deliver(&event(shape, "customer.subscription.deleted"))
+            .await;
+        billing.wait_for_subscription("canceled", false).await;
+    }
+}
+
+#[tokio::test]
+async fn an_older_subscription_event_never_overwrites_a_newer_state() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    // updated (past_due) is newer than created (active); they arrive the other way round.
+    billing.deliver(&event("", "customer.subscription.updated")).await;
+    billing.wait_for_subscription("past_due", false).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.all_processed().await;
+    assert_eq!(billing.subscription().await, Some(("past_due".into(), false)));
+
+    // An older `updated` after a newer one: the newer stays.
+    let newer = with(
+        again(&event("", "customer.subscription.updated"), "evt_newer", 100),
+        "/data/object/status",
+        json!("active"),
+    );
+    billing.deliver(&newer).await;
+    billing.wait_for_subscription("active", false).await;
+    billing
+        .deliver(&again(
+            &event("", "customer.subscription.updated"),
+            "evt_older",
+            50,
+        ))
+        .await;
+    billing.all_processed().await;
+    assert_eq!(billing.subscription().await, Some(("active".into(), false)));
+}
+
+#[tokio::test]
+async fn trial_reminders_and_3ds_requests_reach_the_owner_once() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.wait_for_subscription("active", false).await;
+
+    let trial = with(
+        event("", "customer.subscription.trial_will_end"),
+        "/data/object/customer",
+        json!(CUSTOMER),
+    );
+    billing.deliver(&trial).await;
+    billing.deliver(&again(&trial, "evt_trial_again", 1)).await;
+    billing.wait_for_emails("Your trial ends", 1).await;
+
+    let action = event("", "invoice.payment_action_required");
+    billing.deliver(&action).await;
+    billing.wait_for_emails("Please confirm your payment", 1).await;
+    let hosted = action["data"]["object"]["hosted_invoice_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let message = billing
+        .smtp
+        .accepted()
+        .into_iter()
+        .find(|m| m.data.contains("Please confirm your payment"))
+        .unwrap();
+    let unfolded = message
+        .data
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    assert!(
+        unfolded.contains(&hosted),
+        "the hosted invoice link is in the email"
+    );
+    billing.all_processed().await;
+    assert_eq!(billing.emails("Your trial ends"), 1);
+}
+
+#[tokio::test]
+async fn a_customer_deleted_in_stripe_is_unlinked_from_its_team() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    billing.all_processed().await;
+    let mut db = billing.app.database.connect().await;
+    let linked: Option<String> = sqlx::query_scalar("SELECT stripe_customer_id FROM teams")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(linked.as_deref(), Some(CUSTOMER));
+    billing.deliver(&event("", "customer.deleted")).await;
+    billing.all_processed().await;
+    let linked: Option<String> = sqlx::query_scalar("SELECT stripe_customer_id FROM teams")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(linked, None);
+}
+
+#[tokio::test]
+async fn replaying_an_event_changes_nothing_and_sends_nothing_again() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.deliver(&event("", "customer.subscription.updated")).await;
+    let failed = event("", "invoice.payment_failed");
+    billing.deliver(&failed).await;
+    billing.wait_for_emails(FAILED, 1).await;
+    billing.all_processed().await;
+
+    let env = vec![
+        ("APP_ENV", "development".to_owned()),
+        ("DATABASE_URL", billing.app.database.url()),
+        ("SMTP_URL", billing.smtp.url()),
+    ];
+    let id = failed["id"].as_str().unwrap().to_owned();
+    let (code, output) = crate::helpers::run_keel_async(&["stripe", "replay", &id], env.clone()).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("processed"), "{output}");
+    // The created event, older than the state it would overwrite: replayed, no effect.
+    let created = event("", "customer.subscription.created")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, output) = crate::helpers::run_keel_async(&["stripe", "replay", &created], env.clone()).await;
+    assert_eq!(code, 0, "{output}");
+    billing.all_processed().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(billing.emails(FAILED), 1, "the replay sent nothing new");
+    assert_eq!(billing.subscription().await, Some(("past_due".into(), true)));
+
+    let (code, output) = crate::helpers::run_keel_async(&["stripe", "replay", "evt_nope"], env).await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("no stored event evt_nope"), "{output}");
+}
