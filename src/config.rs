@@ -154,6 +154,11 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// `GRACE_PERIOD_DAYS` as a duration.
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_secs(u64::from(self.grace_period_days) * 24 * 3600)
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())

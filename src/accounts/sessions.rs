@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::SecretToken;
-use crate::error::Result;
+use crate::{billing::entitlement::Standing, error::Result};
 
 /// A session not used for this long has ended.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -31,6 +31,8 @@ pub struct Session {
     pub team_id: Uuid,
     pub team_name: String,
     pub role: String,
+    /// The team's subscription as keel last learned it (for entitlement and the banners).
+    pub billing: Option<Standing>,
 }
 
 /// Starts a session for `user_id` working in `team_id`; the token goes into the cookie.
@@ -61,11 +63,23 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let id_hash = token.digest();
     let row = sqlx::query!(
         r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
-                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role
+                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role,
+                  sub.status AS "sub_status?", sub.price_id AS "sub_price_id?",
+                  sub.current_period_end AS "sub_period_end?",
+                  sub.cancel_at_period_end AS "sub_cancel_at_period_end?",
+                  sub.payment_failed_at AS "sub_payment_failed_at?"
            FROM sessions s
            JOIN users u ON u.id = s.user_id
            JOIN memberships m ON m.user_id = s.user_id AND m.team_id = s.team_id
            JOIN teams t ON t.id = s.team_id
+           -- The team's subscription: a live one before an ended one, then the newest.
+           LEFT JOIN LATERAL (
+               SELECT status, price_id, current_period_end, cancel_at_period_end, payment_failed_at
+               FROM subscriptions
+               WHERE team_id = s.team_id
+               ORDER BY status NOT IN ('canceled', 'incomplete_expired') DESC, state_as_of DESC
+               LIMIT 1
+           ) sub ON true
            WHERE s.id_hash = $1
              AND s.expires_at > now()
              AND s.last_seen_at > now() - make_interval(secs => $2)"#,
@@ -90,6 +104,13 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
         team_id: row.team_id,
         team_name: row.team_name,
         role: row.role,
+        billing: row.sub_status.map(|status| Standing {
+            status,
+            price_id: row.sub_price_id,
+            current_period_end: row.sub_period_end,
+            cancel_at_period_end: row.sub_cancel_at_period_end.unwrap_or(false),
+            payment_failed_at: row.sub_payment_failed_at,
+        }),
     }))
 }
 

@@ -6,6 +6,7 @@
 mod account;
 mod assets;
 mod auth;
+mod billing;
 pub mod client_ip;
 pub mod csrf;
 mod errors;
@@ -117,6 +118,9 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
     let signed_in = Router::new()
         .route("/dashboard", get(account::dashboard))
         .route("/settings", get(account::settings))
+        .route("/billing", get(billing::billing))
+        // The example paid feature: entitled teams only (see billing::RequireEntitlement).
+        .route("/pro", get(billing::pro))
         .route(
             "/settings/password",
             form(post(account::change_password)).layer(auth_rate_limit),

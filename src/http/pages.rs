@@ -7,7 +7,15 @@ use axum::{
     response::Html,
 };
 
-use super::{AppState, assets, csrf::CsrfToken, render, session::MaybeUser};
+use time::OffsetDateTime;
+
+use super::{
+    AppState, assets,
+    billing::{self, Dunning},
+    csrf::CsrfToken,
+    render,
+    session::MaybeUser,
+};
 use crate::error::{AppError, Result};
 
 /// What the base layout (`templates/layout.html`) needs on every page. Handlers take it as an
@@ -25,6 +33,8 @@ pub struct LayoutUser {
     pub email_verified: bool,
     /// For the logout and resend-verification forms of the layout.
     pub csrf_token: String,
+    /// Failed payments: the banner on every page.
+    pub dunning: Option<Dunning>,
 }
 
 impl Layout {
@@ -47,10 +57,15 @@ impl FromRequestParts<AppState> for Layout {
         let mut layout = Layout::new();
         if let Some(user) = user {
             let CsrfToken(csrf_token) = CsrfToken::from_request_parts(parts, state).await?;
+            let dunning =
+                user.session.billing.as_ref().and_then(|standing| {
+                    billing::dunning(standing, &state.config, OffsetDateTime::now_utc())
+                });
             layout.user = Some(LayoutUser {
                 email: user.session.email,
                 email_verified: user.session.email_verified,
                 csrf_token,
+                dunning,
             });
         }
         Ok(layout)

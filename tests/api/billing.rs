@@ -56,15 +56,23 @@ struct Billing {
     app: TestApp,
     smtp: FakeSmtp,
     team: Uuid,
+    /// The owner's session, signed in by the signup.
+    session: String,
 }
 
 impl Billing {
     async fn start() -> Self {
+        Self::start_with_grace(7).await
+    }
+
+    async fn start_with_grace(days: u32) -> Self {
         let smtp = FakeSmtp::start(Behaviour::default()).await;
         let url = smtp.url();
         let app = spawn_app_with(|env| {
             env.insert("SMTP_URL", url);
             env.insert("STRIPE_WEBHOOK_SECRET", SECRET.into());
+            env.insert("STRIPE_PRICES", "pro=price_1SaaSTestMonthly000000A1".into());
+            env.insert("GRACE_PERIOD_DAYS", days.to_string());
         })
         .await;
         // The owner signs up through the form: their personal team is the one that pays.
@@ -93,12 +101,62 @@ impl Billing {
             .await
             .unwrap();
         assert_eq!(signup.status(), StatusCode::SEE_OTHER);
+        let session = signup.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
         let mut db = app.database.connect().await;
         let team: Uuid = sqlx::query_scalar("SELECT team_id FROM memberships")
             .fetch_one(&mut db)
             .await
             .unwrap();
-        Self { app, smtp, team }
+        Self {
+            app,
+            smtp,
+            team,
+            session,
+        }
+    }
+
+    /// GET `path` as the signed-in owner: status, Location, body.
+    async fn page(&self, path: &str) -> (StatusCode, String, String) {
+        let response = self
+            .app
+            .client
+            .get(self.app.url(path))
+            .header("cookie", &self.session)
+            .send()
+            .await
+            .unwrap();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (response.status(), location, response.text().await.unwrap())
+    }
+
+    /// Puts the team's subscription in `status`, its first failed payment `failed_days_ago`.
+    async fn set_subscription(&self, status: &str, failed_days_ago: Option<i32>) {
+        let mut db = self.app.database.connect().await;
+        sqlx::query(
+            "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
+                                        state_as_of, payment_failed_at)
+             VALUES ($1, $2, $3, $4, 'price_1SaaSTestMonthly000000A1', '2031-01-15T00:00:00Z', now(),
+                     now() - make_interval(days => $5))
+             ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, payment_failed_at = EXCLUDED.payment_failed_at",
+        )
+        .bind(SUBSCRIPTION)
+        .bind(self.team)
+        .bind(CUSTOMER)
+        .bind(status)
+        .bind(failed_days_ago)
+        .execute(&mut db)
+        .await
+        .unwrap();
     }
 
     async fn deliver(&self, event: &Value) {
@@ -413,4 +471,96 @@ async fn replaying_an_event_changes_nothing_and_sends_nothing_again() {
     let (code, output) = crate::helpers::run_keel_async(&["stripe", "replay", "evt_nope"], env).await;
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("no stored event evt_nope"), "{output}");
+}
+
+#[tokio::test]
+async fn paid_features_follow_the_subscription_and_the_grace_period() {
+    let billing = Billing::start_with_grace(7).await;
+    let (status, location, _) = billing.page("/pro").await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, "/billing"),
+        "no subscription"
+    );
+    let (_, _, page) = billing.page("/billing").await;
+    assert!(page.contains("Free"), "{page}");
+
+    billing.set_subscription("active", None).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+    let (_, _, page) = billing.page("/billing").await;
+    assert!(
+        page.contains("Active") && page.contains("Pro") && page.contains("2031-01-15"),
+        "{page}"
+    );
+
+    // A failed payment a day ago: still entitled, and told so on every page.
+    billing.set_subscription("past_due", Some(1)).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+    let ends = (time::OffsetDateTime::now_utc() + time::Duration::days(6))
+        .date()
+        .to_string();
+    for path in ["/dashboard", "/settings", "/billing", "/"] {
+        let (_, _, page) = billing.page(path).await;
+        assert!(page.contains("Your last payment failed"), "{path}");
+        assert!(page.contains(&ends), "{path}: access ends on {ends}");
+    }
+    assert!(billing.page("/billing").await.2.contains("Past due"));
+
+    // Eight days ago: the grace period is over.
+    billing.set_subscription("past_due", Some(8)).await;
+    let (status, location, _) = billing.page("/pro").await;
+    assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/billing"));
+    assert!(
+        billing
+            .page("/dashboard")
+            .await
+            .2
+            .contains("Paid features are paused")
+    );
+
+    for status in ["unpaid", "canceled", "incomplete", "paused"] {
+        billing.set_subscription(status, None).await;
+        assert_eq!(billing.page("/pro").await.0, StatusCode::SEE_OTHER, "{status}");
+    }
+    billing.set_subscription("trialing", None).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+
+    // Strangers log in first.
+    let stranger = billing.app.get("/pro").await;
+    assert_eq!(stranger.headers()["location"], "/login?next=%2Fpro");
+}
+
+#[tokio::test]
+async fn with_no_grace_period_access_stops_at_the_first_failure() {
+    let billing = Billing::start_with_grace(0).await;
+    billing.set_subscription("active", None).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+    billing.set_subscription("past_due", Some(0)).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::SEE_OTHER);
+    assert!(
+        billing
+            .page("/billing")
+            .await
+            .2
+            .contains("Paid features are paused")
+    );
+}
+
+#[tokio::test]
+async fn after_the_story_an_unpaid_subscription_loses_access() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.wait_for_subscription("active", false).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+    let unpaid = with(
+        again(&event("", "customer.subscription.updated"), "evt_unpaid", 10),
+        "/data/object/status",
+        json!("unpaid"),
+    );
+    billing.deliver(&unpaid).await;
+    billing.wait_for_subscription("unpaid", false).await;
+    let (status, location, _) = billing.page("/pro").await;
+    assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/billing"));
+    assert!(billing.page("/billing").await.2.contains("Unpaid"));
 }

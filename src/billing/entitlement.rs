@@ -1,0 +1,116 @@
+//! Who may use paid features, computed at request time from the subscription keel holds and
+//! `GRACE_PERIOD_DAYS` (so the grace period ends on time without any job running).
+//!
+//! SPEC: entitled while `active` or `trialing`, and while `past_due` until the grace period
+//! (counted from the first failed payment) ends. Not entitled: no subscription, `incomplete`,
+//! `incomplete_expired`, `unpaid`, `canceled`, `paused`, or past the grace period. A grace
+//! period of 0 days stops access at the first failure.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+/// What keel knows of a team's subscription.
+#[derive(Clone, Debug)]
+pub struct Standing {
+    pub status: String,
+    pub price_id: Option<String>,
+    pub current_period_end: Option<OffsetDateTime>,
+    pub cancel_at_period_end: bool,
+    /// First failed payment of the current dunning run; `None` in good standing.
+    pub payment_failed_at: Option<OffsetDateTime>,
+}
+
+impl Standing {
+    /// When paid access ends because of failed payments, if it does.
+    pub fn access_ends_at(&self, grace: Duration) -> Option<OffsetDateTime> {
+        self.payment_failed_at.map(|failed| failed + grace)
+    }
+
+    pub fn entitled(&self, grace: Duration, now: OffsetDateTime) -> bool {
+        let in_good_status = matches!(self.status.as_str(), "active" | "trialing" | "past_due");
+        let within_grace = match self.access_ends_at(grace) {
+            Some(ends) => now < ends,
+            // past_due before keel learned of the failed invoice: only a zero grace says no.
+            None => self.status != "past_due" || !grace.is_zero(),
+        };
+        in_good_status && within_grace
+    }
+
+    /// Stripe's status in words, as `/billing` shows it.
+    pub fn status_in_words(&self) -> &'static str {
+        match self.status.as_str() {
+            "active" => "Active",
+            "trialing" => "Trialing",
+            "past_due" => "Past due",
+            "unpaid" => "Unpaid",
+            "canceled" => "Canceled",
+            "incomplete" => "Incomplete",
+            "incomplete_expired" => "Expired",
+            "paused" => "Paused",
+            _ => "Unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn standing(status: &str, failed_days_ago: Option<u64>, now: OffsetDateTime) -> Standing {
+        Standing {
+            status: status.to_owned(),
+            price_id: None,
+            current_period_end: None,
+            cancel_at_period_end: false,
+            payment_failed_at: failed_days_ago.map(|days| now - DAY * u32::try_from(days).unwrap()),
+        }
+    }
+
+    #[test]
+    fn entitlement_follows_the_spec() {
+        let now = OffsetDateTime::now_utc();
+        let grace = 7 * DAY;
+        for status in ["active", "trialing", "past_due"] {
+            assert!(standing(status, None, now).entitled(grace, now), "{status}");
+            assert!(
+                standing(status, Some(6), now).entitled(grace, now),
+                "{status} within grace"
+            );
+            assert!(
+                !standing(status, Some(7), now).entitled(grace, now),
+                "{status} grace over"
+            );
+        }
+        for status in [
+            "unpaid",
+            "canceled",
+            "incomplete",
+            "incomplete_expired",
+            "paused",
+            "new_status",
+        ] {
+            assert!(!standing(status, None, now).entitled(grace, now), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_zero_grace_period_stops_access_at_the_first_failure() {
+        let now = OffsetDateTime::now_utc();
+        assert!(!standing("past_due", Some(0), now).entitled(Duration::ZERO, now));
+        assert!(!standing("past_due", None, now).entitled(Duration::ZERO, now));
+        assert!(!standing("active", Some(0), now).entitled(Duration::ZERO, now));
+        assert!(standing("active", None, now).entitled(Duration::ZERO, now));
+    }
+
+    #[test]
+    fn access_ends_a_grace_period_after_the_first_failure() {
+        let now = OffsetDateTime::now_utc();
+        let late = standing("past_due", Some(2), now);
+        assert_eq!(late.access_ends_at(7 * DAY), Some(now - 2 * DAY + 7 * DAY));
+        assert_eq!(standing("active", None, now).access_ends_at(7 * DAY), None);
+        assert_eq!(late.status_in_words(), "Past due");
+    }
+}
