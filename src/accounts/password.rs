@@ -6,6 +6,7 @@
 //! `/health` and the pages. Dedicated threads rather than tokio's blocking pool: every
 //! blocking-pool thread that ever hashed keeps its own 19 MiB malloc arena, which took a
 //! login flood to 266 MiB of RSS; a fixed set of threads keeps it to one arena each.
+//! The hashing threads run at a lower priority (nice 10) than the runtime's.
 //! Each thread also keeps its 19 MiB of argon2 memory for the next hash instead of
 //! allocating it every time: glibc would otherwise keep freed blocks around (its mmap
 //! threshold grows after the first free), measured at 89 MiB RSS after a login flood.
@@ -73,6 +74,7 @@ impl Passwords {
             let spawned = std::thread::Builder::new()
                 .name(format!("keel-hash-{n}"))
                 .spawn(move || {
+                    yield_to_requests();
                     loop {
                         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         match next {
@@ -182,6 +184,23 @@ pub fn is_current(stored: &str) -> bool {
         && hash.version == Some(Version::V0x13.into())
         && current.is_ok_and(|current| current == hash.params.to_string())
 }
+
+/// Niceness of the hashing threads: under a login flood the scheduler favours the threads
+/// that serve requests, so logins slow down before pages and `/health` do.
+const HASHING_NICENESS: libc::c_int = 10;
+
+#[cfg(target_os = "linux")]
+fn yield_to_requests() {
+    // SAFETY: setpriority only changes scheduling; on Linux, PRIO_PROCESS with id 0 names the
+    // calling thread alone (threads are scheduled as tasks of their own).
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICENESS) } != 0;
+    if failed {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower the hashing threads' priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_to_requests() {}
 
 fn params() -> Params {
     // Constant parameters, valid (the unit tests hash with them).
@@ -325,6 +344,18 @@ mod tests {
             .to_string();
         assert!(!is_current(&old));
         assert!(!is_current("garbage"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_a_lower_priority_than_the_runtime() {
+        let passwords = Passwords::with_slots(1);
+        // SAFETY: getpriority only reads the calling (hashing) thread's niceness.
+        let niceness = passwords
+            .run(|| Ok(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }))
+            .await
+            .unwrap();
+        assert!(niceness >= HASHING_NICENESS, "niceness {niceness}");
     }
 
     #[tokio::test]
