@@ -6,3 +6,37 @@ pub mod entitlement;
 pub mod events;
 pub mod signature;
 pub mod webhooks;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// Subscription statuses the dunning gauge reports (each always present, 0 when none).
+const DUNNING_STATUSES: [&str; 5] = ["active", "trialing", "past_due", "unpaid", "canceled"];
+
+/// Sets `keel_dunning_teams{status}`: subscriptions with a failed payment not yet made good,
+/// by Stripe status. Read at every `/metrics` scrape; a slow or absent database leaves the
+/// last values in place rather than holding the scrape.
+pub async fn record_dunning_gauge(db: &PgPool) {
+    let counted = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query!(
+            r#"SELECT status, count(*) AS "teams!" FROM subscriptions
+               WHERE payment_failed_at IS NOT NULL GROUP BY status"#
+        )
+        .fetch_all(db),
+    )
+    .await;
+    let Ok(Ok(rows)) = counted else {
+        tracing::warn!("counting teams in dunning failed or timed out");
+        return;
+    };
+    for status in DUNNING_STATUSES {
+        let teams = rows
+            .iter()
+            .find(|row| row.status == status)
+            .map_or(0, |row| row.teams);
+        #[allow(clippy::cast_precision_loss)] // a count of teams
+        metrics::gauge!("keel_dunning_teams", "status" => status).set(teams as f64);
+    }
+}

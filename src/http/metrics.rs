@@ -17,6 +17,7 @@ use secrecy::ExposeSecret as _;
 
 use super::AppState;
 use crate::{
+    billing,
     error::{AppError, Result},
     telemetry,
 };
@@ -38,6 +39,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         None if state.config.is_production() => return Err(AppError::NotFound),
         None => {}
     }
+    billing::record_dunning_gauge(&state.db).await;
     let handle = telemetry::metrics();
     handle.run_upkeep();
     Ok((

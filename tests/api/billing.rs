@@ -564,3 +564,21 @@ async fn after_the_story_an_unpaid_subscription_loses_access() {
     assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/billing"));
     assert!(billing.page("/billing").await.2.contains("Unpaid"));
 }
+
+#[tokio::test]
+async fn metrics_count_teams_in_dunning_by_status() {
+    let billing = Billing::start().await;
+    billing.set_subscription("past_due", Some(1)).await;
+    let metrics = billing.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"keel_dunning_teams{status="past_due"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"keel_dunning_teams{status="unpaid"} 0"#));
+    billing.set_subscription("active", None).await;
+    let metrics = billing.app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"keel_dunning_teams{status="past_due"} 0"#),
+        "{metrics}"
+    );
+}
