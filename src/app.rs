@@ -79,7 +79,7 @@ impl App {
             state.db.clone(),
             mailer,
             jobs::registry(),
-            jobs::schedule(),
+            jobs::schedule(&state.config),
             WorkerConfig::default(),
         );
         Ok(Self {

@@ -186,7 +186,7 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         pool,
         mailer,
         jobs::registry(),
-        jobs::schedule(),
+        jobs::schedule(&config),
         jobs::WorkerConfig::default(),
     );
     let drain_timeout = config.shutdown_timeout;

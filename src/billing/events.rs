@@ -27,8 +27,8 @@ use super::webhooks::ProcessStripeEvent;
 use crate::{
     jobs::{Job, JobContext},
     mail::{
-        self, Email, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered, PaymentRetriesExhausted,
-        TrialEnding,
+        self, AccessPaused, Email, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
+        PaymentRetriesExhausted, TrialEnding,
     },
 };
 
@@ -172,18 +172,21 @@ async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result
     Ok(Processed::Applied)
 }
 
-/// The team of a Stripe customer (linked at checkout), or the `team_id` in the object's
-/// metadata.
-async fn team_of(tx: &mut PgConnection, customer: &str, object: &Value) -> anyhow::Result<Option<Uuid>> {
+/// The team of the Stripe customer of subscription `id` (linked at checkout), or the
+/// `team_id` in the subscription's metadata; an error, to be retried, while there is none.
+async fn team_of(tx: &mut PgConnection, id: &str, customer: &str, object: &Value) -> anyhow::Result<Uuid> {
     let linked = sqlx::query_scalar!("SELECT id FROM teams WHERE stripe_customer_id = $1", customer)
         .fetch_optional(&mut *tx)
         .await?;
-    Ok(linked.or_else(|| {
+    let from_metadata = || {
         object
             .pointer("/metadata/team_id")
             .and_then(Value::as_str)
-            .and_then(|id| Uuid::parse_str(id).ok())
-    }))
+            .and_then(|team| Uuid::parse_str(team).ok())
+    };
+    linked.or_else(from_metadata).with_context(|| {
+        format!("customer {customer} of {id} is not linked to a team yet (waiting for its checkout)")
+    })
 }
 
 /// customer.subscription.created / updated / deleted: the subscription as the event saw it,
@@ -195,9 +198,7 @@ async fn apply_subscription(
 ) -> anyhow::Result<Processed> {
     let id = id_at(subscription, "/id").context("a subscription without an id")?;
     let customer = id_at(subscription, "/customer").context("a subscription without a customer")?;
-    let Some(team) = team_of(tx, customer, subscription).await? else {
-        bail!("customer {customer} of {id} is not linked to a team yet (waiting for its checkout)");
-    };
+    let team = team_of(tx, id, customer, subscription).await?;
     let status = subscription
         .get("status")
         .and_then(Value::as_str)
@@ -237,10 +238,25 @@ async fn apply_subscription(
     Ok(Processed::Applied)
 }
 
-/// The team and owner's address behind a subscription keel knows, locked for the update.
-async fn subscription_owner(tx: &mut PgConnection, subscription: &str) -> anyhow::Result<(Uuid, String)> {
+/// An invoice of a subscription keel knows: its ids and the address of the team's owner.
+struct SubscriptionInvoice<'a> {
+    subscription: &'a str,
+    invoice_id: &'a str,
+    owner: String,
+}
+
+/// `None` for an invoice of no subscription (a one-off invoice); an error, to be retried,
+/// while its subscription is not known yet. Locks the subscription row for the update.
+async fn subscription_invoice<'a>(
+    tx: &mut PgConnection,
+    invoice: &'a Value,
+) -> anyhow::Result<Option<SubscriptionInvoice<'a>>> {
+    let Some(subscription) = invoice_subscription(invoice) else {
+        return Ok(None);
+    };
+    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
     let row = sqlx::query!(
-        r#"SELECT s.team_id, u.email AS "email?"
+        r#"SELECT u.email AS "email?"
            FROM subscriptions s
            LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
            LEFT JOIN users u ON u.id = m.user_id
@@ -255,10 +271,14 @@ async fn subscription_owner(tx: &mut PgConnection, subscription: &str) -> anyhow
     let Some(row) = row else {
         bail!("subscription {subscription} is not known yet (waiting for its subscription event)");
     };
-    let email = row
+    let owner = row
         .email
         .with_context(|| format!("the team of {subscription} has no owner to email"))?;
-    Ok((row.team_id, email))
+    Ok(Some(SubscriptionInvoice {
+        subscription,
+        invoice_id,
+        owner,
+    }))
 }
 
 async fn send(
@@ -280,11 +300,14 @@ async fn payment_failed(
     invoice: &Value,
     at: OffsetDateTime,
 ) -> anyhow::Result<Processed> {
-    let Some(subscription) = invoice_subscription(invoice) else {
+    let Some(SubscriptionInvoice {
+        subscription,
+        invoice_id,
+        owner,
+    }) = subscription_invoice(tx, invoice).await?
+    else {
         return Ok(Processed::Ignored);
     };
-    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
-    let (_, owner) = subscription_owner(tx, subscription).await?;
     sqlx::query!(
         "UPDATE subscriptions SET payment_failed_at = coalesce(payment_failed_at, $2), updated_at = now()
          WHERE id = $1",
@@ -329,11 +352,14 @@ async fn payment_succeeded(
     invoice: &Value,
     at: OffsetDateTime,
 ) -> anyhow::Result<Processed> {
-    let Some(subscription) = invoice_subscription(invoice) else {
+    let Some(SubscriptionInvoice {
+        subscription,
+        invoice_id,
+        owner,
+    }) = subscription_invoice(tx, invoice).await?
+    else {
         return Ok(Processed::Ignored);
     };
-    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
-    let (_, owner) = subscription_owner(tx, subscription).await?;
     let recovered = sqlx::query!(
         "UPDATE subscriptions SET payment_failed_at = NULL, updated_at = now()
          WHERE id = $1 AND payment_failed_at IS NOT NULL AND payment_failed_at <= $2",
@@ -359,14 +385,15 @@ async fn action_required(
     mailer: &Mailer,
     invoice: &Value,
 ) -> anyhow::Result<Processed> {
-    let Some(subscription) = invoice_subscription(invoice) else {
+    let Some(SubscriptionInvoice {
+        invoice_id, owner, ..
+    }) = subscription_invoice(tx, invoice).await?
+    else {
         return Ok(Processed::Ignored);
     };
-    let invoice_id = id_at(invoice, "/id").context("an invoice without an id")?;
     let Some(invoice_link) = invoice.get("hosted_invoice_url").and_then(Value::as_str) else {
         bail!("invoice {invoice_id} needs action but has no hosted_invoice_url");
     };
-    let (_, owner) = subscription_owner(tx, subscription).await?;
     let attempt = invoice.get("attempt_count").and_then(Value::as_i64).unwrap_or(1);
     let email = PaymentActionRequired {
         invoice_link: invoice_link.to_owned(),
@@ -390,9 +417,7 @@ async fn trial_will_end(
 ) -> anyhow::Result<Processed> {
     let id = id_at(subscription, "/id").context("a subscription without an id")?;
     let customer = id_at(subscription, "/customer").context("a subscription without a customer")?;
-    let Some(team) = team_of(tx, customer, subscription).await? else {
-        bail!("customer {customer} of {id} is not linked to a team yet (waiting for its checkout)");
-    };
+    let team = team_of(tx, id, customer, subscription).await?;
     let owner = sqlx::query_scalar!(
         "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id
          WHERE m.team_id = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
@@ -413,6 +438,58 @@ async fn trial_will_end(
     };
     send(tx, mailer, &owner, &key, &email).await?;
     Ok(Processed::Applied)
+}
+
+/// Tells the owners whose grace period has ended that paid features are paused (scheduled
+/// hourly). Entitlement itself is computed at request time; this is only the email, once
+/// per dunning run (keyed by the subscription and its first failure).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct NotifyGraceEnded {
+    pub grace_period_days: u32,
+}
+
+impl Job for NotifyGraceEnded {
+    const KIND: &'static str = "stripe.notify_grace_ended";
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let sent = notify_grace_ended(&context.db, &context.mailer, self.grace_period_days).await?;
+        tracing::info!(sent, "grace period notices queued");
+        Ok(())
+    }
+}
+
+/// Queues the "paid features paused" email for every team whose grace period is over while
+/// its subscription still waits for payment; returns how many were new.
+pub async fn notify_grace_ended(db: &PgPool, mailer: &Mailer, grace_period_days: u32) -> anyhow::Result<u64> {
+    let mut tx = db.begin().await?;
+    let ended = sqlx::query!(
+        r#"SELECT s.id, s.payment_failed_at AS "payment_failed_at!", u.email
+           FROM subscriptions s
+           JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           JOIN users u ON u.id = m.user_id
+           WHERE s.payment_failed_at IS NOT NULL
+             AND s.status IN ('active', 'trialing', 'past_due')
+             AND s.payment_failed_at + make_interval(days => $1) <= now()"#,
+        i32::try_from(grace_period_days).unwrap_or(i32::MAX),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut sent = 0;
+    for row in ended {
+        let key = format!(
+            "grace-ended:{}:{}",
+            row.id,
+            row.payment_failed_at.unix_timestamp()
+        );
+        let email = AccessPaused {
+            billing_link: mailer.link("/billing"),
+        };
+        if mail::enqueue(&mut tx, mailer, &row.email, &key, &email).await? {
+            sent += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(sent)
 }
 
 #[cfg(test)]

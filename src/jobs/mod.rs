@@ -24,7 +24,8 @@ use sqlx::PgPool;
 
 use crate::{
     accounts::{PurgeExpiredAuth, SendPasswordReset},
-    billing::webhooks::ProcessStripeEvent,
+    billing::{events::NotifyGraceEnded, webhooks::ProcessStripeEvent},
+    config::Config,
     mail::{DeliverEmail, Mailer, PurgeOldEmails},
 };
 
@@ -114,18 +115,23 @@ pub fn registry() -> Registry {
         .register::<SendPasswordReset>()
         .register::<PurgeExpiredAuth>()
         .register::<ProcessStripeEvent>()
+        .register::<NotifyGraceEnded>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.
-pub fn schedule() -> Schedule {
+pub fn schedule(config: &Config) -> Schedule {
     const HOUR: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(24 * HOUR.as_secs());
+    let grace_period_days = config.grace_period_days;
     Schedule::new()
         .every("purge-dead-jobs", DAY, |_| PurgeDeadJobs { older_than_days: 30 })
         .every("purge-old-emails", DAY, |_| PurgeOldEmails {
             older_than_days: 30,
         })
         .every("purge-expired-auth", HOUR, |_| PurgeExpiredAuth)
+        .every("notify-grace-ended", HOUR, move |_| NotifyGraceEnded {
+            grace_period_days,
+        })
 }
 
 /// Deletes dead jobs nobody retried within `older_than_days`, so the table does not grow

@@ -31,7 +31,7 @@ use crate::{
 };
 
 pub use templates::{
-    PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
+    AccessPaused, PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
     PaymentRetriesExhausted, SmtpTest, TrialEnding, VerifyEmail,
 };
 

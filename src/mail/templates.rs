@@ -135,6 +135,18 @@ email_templates!(
     html: "emails/payment_action_required/body.html"
 );
 
+/// The grace period after failed payments is over: paid features are paused.
+pub struct AccessPaused {
+    pub billing_link: String,
+}
+
+email_templates!(
+    AccessPaused,
+    subject: "emails/access_paused/subject.txt",
+    text: "emails/access_paused/body.txt",
+    html: "emails/access_paused/body.html"
+);
+
 /// A trial ends in a few days.
 pub struct TrialEnding {
     pub billing_link: String,

@@ -582,3 +582,42 @@ async fn metrics_count_teams_in_dunning_by_status() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn when_the_grace_period_ends_the_owner_is_told_once() {
+    let billing = Billing::start_with_grace(7).await;
+    let pool = sqlx::PgPool::connect(&billing.app.database.url()).await.unwrap();
+    let mailer = keel::mail::Mailer::new("keel <noreply@example.com>", Some(&billing.smtp.url())).unwrap();
+
+    billing.set_subscription("past_due", Some(6)).await;
+    assert_eq!(
+        keel::billing::events::notify_grace_ended(&pool, &mailer, 7)
+            .await
+            .unwrap(),
+        0,
+        "still in grace"
+    );
+    billing.set_subscription("past_due", Some(8)).await;
+    assert_eq!(
+        keel::billing::events::notify_grace_ended(&pool, &mailer, 7)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        keel::billing::events::notify_grace_ended(&pool, &mailer, 7)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
+    billing.wait_for_emails("Paid features are paused", 1).await;
+    // Canceled or unpaid: Stripe's own end, told by the final notice; nothing more here.
+    billing.set_subscription("canceled", Some(30)).await;
+    assert_eq!(
+        keel::billing::events::notify_grace_ended(&pool, &mailer, 7)
+            .await
+            .unwrap(),
+        0
+    );
+}
