@@ -147,14 +147,17 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, HashError> {
-        let _slot = tokio::time::timeout(QUEUE_TIMEOUT, self.slots.acquire())
+        let slot = tokio::time::timeout(QUEUE_TIMEOUT, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| HashError::Busy)?
             .context("the hashing semaphore is closed")?;
         let (done, result) = oneshot::channel();
+        // The slot travels with the work: a request that gives up (its client left) does not
+        // free a slot while its hash still waits or runs, so the backlog stays bounded.
         let job: Work = Box::new(move || {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(work))
                 .unwrap_or_else(|_| Err(anyhow!("password hashing panicked")));
+            drop(slot);
             let _ = done.send(outcome);
         });
         self.work

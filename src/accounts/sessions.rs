@@ -67,17 +67,19 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
                   sub.status AS "sub_status?", sub.price_id AS "sub_price_id?",
                   sub.current_period_end AS "sub_period_end?",
                   sub.cancel_at_period_end AS "sub_cancel_at_period_end?",
-                  sub.payment_failed_at AS "sub_payment_failed_at?"
+                  sub.payment_failed_at AS "sub_payment_failed_at?",
+                  sub.state_as_of AS "sub_state_as_of?"
            FROM sessions s
            JOIN users u ON u.id = s.user_id
            JOIN memberships m ON m.user_id = s.user_id AND m.team_id = s.team_id
            JOIN teams t ON t.id = s.team_id
-           -- The team's subscription: a live one before an ended one, then the newest.
+           -- The team's subscription: one that can be entitled before any other, then the newest.
            LEFT JOIN LATERAL (
-               SELECT status, price_id, current_period_end, cancel_at_period_end, payment_failed_at
+               SELECT status, price_id, current_period_end, cancel_at_period_end, payment_failed_at,
+                      state_as_of
                FROM subscriptions
                WHERE team_id = s.team_id
-               ORDER BY status NOT IN ('canceled', 'incomplete_expired') DESC, state_as_of DESC
+               ORDER BY status IN ('active', 'trialing', 'past_due') DESC, state_as_of DESC
                LIMIT 1
            ) sub ON true
            WHERE s.id_hash = $1
@@ -110,6 +112,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
             current_period_end: row.sub_period_end,
             cancel_at_period_end: row.sub_cancel_at_period_end.unwrap_or(false),
             payment_failed_at: row.sub_payment_failed_at,
+            state_as_of: row.sub_state_as_of.unwrap_or_else(OffsetDateTime::now_utc),
         }),
     }))
 }

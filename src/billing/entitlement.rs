@@ -19,6 +19,8 @@ pub struct Standing {
     pub cancel_at_period_end: bool,
     /// First failed payment of the current dunning run; `None` in good standing.
     pub payment_failed_at: Option<OffsetDateTime>,
+    /// Stripe's `created` of the event the status comes from.
+    pub state_as_of: OffsetDateTime,
 }
 
 impl Standing {
@@ -31,8 +33,10 @@ impl Standing {
         let in_good_status = matches!(self.status.as_str(), "active" | "trialing" | "past_due");
         let within_grace = match self.access_ends_at(grace) {
             Some(ends) => now < ends,
-            // past_due before keel learned of the failed invoice: only a zero grace says no.
-            None => self.status != "past_due" || !grace.is_zero(),
+            // past_due with no failed invoice known (its event is late or was lost): the grace
+            // period counts from when the subscription went past due.
+            None if self.status == "past_due" => now < self.state_as_of + grace,
+            None => true,
         };
         in_good_status && within_grace
     }
@@ -66,6 +70,7 @@ mod tests {
             current_period_end: None,
             cancel_at_period_end: false,
             payment_failed_at: failed_days_ago.map(|days| now - DAY * u32::try_from(days).unwrap()),
+            state_as_of: now - DAY,
         }
     }
 
@@ -101,6 +106,12 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         assert!(!standing("past_due", Some(0), now).entitled(Duration::ZERO, now));
         assert!(!standing("past_due", None, now).entitled(Duration::ZERO, now));
+        let mut long_past_due = standing("past_due", None, now);
+        long_past_due.state_as_of = now - 30 * DAY;
+        assert!(
+            !long_past_due.entitled(7 * DAY, now),
+            "no failure known: grace from past_due"
+        );
         assert!(!standing("active", Some(0), now).entitled(Duration::ZERO, now));
         assert!(standing("active", None, now).entitled(Duration::ZERO, now));
     }

@@ -64,26 +64,31 @@ impl std::fmt::Display for Processed {
 /// `keel stripe replay`: processes a stored event again, now. Safe at any time: state only
 /// moves forward (`state_as_of`) and every email has its idempotency key.
 pub async fn replay(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<Processed> {
-    let reset = sqlx::query!(
-        "UPDATE stripe_events SET processed_at = NULL WHERE id = $1",
-        event_id
-    )
-    .execute(db)
-    .await?;
-    if reset.rows_affected() == 0 {
-        bail!("no stored event {event_id} (see the stripe_events table)");
-    }
-    process_event(db, mailer, event_id).await
+    process_event(db, mailer, event_id, Again::Yes).await
+}
+
+/// Whether an event already processed is processed again (replay).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Again {
+    Yes,
+    No,
 }
 
 /// Processes the stored event `event_id` once.
 pub async fn process(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<()> {
-    let processed = process_event(db, mailer, event_id).await?;
+    let processed = process_event(db, mailer, event_id, Again::No).await?;
     tracing::info!(event = event_id, ?processed, "stripe event processed");
     Ok(())
 }
 
-async fn process_event(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<Processed> {
+/// One transaction: a failure (an event still waiting for another) leaves the event as it
+/// was, for the next attempt.
+async fn process_event(
+    db: &PgPool,
+    mailer: &Mailer,
+    event_id: &str,
+    again: Again,
+) -> anyhow::Result<Processed> {
     let mut tx = db.begin().await?;
     let event = sqlx::query!(
         r#"SELECT type AS kind, created, payload, processed_at FROM stripe_events WHERE id = $1 FOR UPDATE"#,
@@ -91,8 +96,8 @@ async fn process_event(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::
     )
     .fetch_optional(&mut *tx)
     .await?
-    .with_context(|| format!("no stored event {event_id}"))?;
-    if event.processed_at.is_some() {
+    .with_context(|| format!("no stored event {event_id} (see the stripe_events table)"))?;
+    if event.processed_at.is_some() && again == Again::No {
         return Ok(Processed::AlreadyProcessed);
     }
     let payload: Value = serde_json::from_str(&event.payload).context("the stored event is not JSON")?;
@@ -160,7 +165,8 @@ async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result
     };
     let linked = sqlx::query!(
         "UPDATE teams SET stripe_customer_id = $2
-         WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)",
+         WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)
+           AND NOT EXISTS (SELECT 1 FROM teams other WHERE other.stripe_customer_id = $2 AND other.id <> $1)",
         team,
         customer,
     )
@@ -172,9 +178,18 @@ async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result
     Ok(Processed::Applied)
 }
 
-/// The team of the Stripe customer of subscription `id` (linked at checkout), or the
-/// `team_id` in the subscription's metadata; an error, to be retried, while there is none.
+/// The team of subscription `id`: the one keel stored it under, else its customer's (linked
+/// at checkout), else the `team_id` in its metadata; an error, to be retried, while none is
+/// known.
 async fn team_of(tx: &mut PgConnection, id: &str, customer: &str, object: &Value) -> anyhow::Result<Uuid> {
+    // A subscription keel already holds keeps its team, even once its customer is deleted
+    // (customer.deleted and the subscription's own deletion arrive in either order).
+    let known = sqlx::query_scalar!("SELECT team_id FROM subscriptions WHERE id = $1", id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(team) = known {
+        return Ok(team);
+    }
     let linked = sqlx::query_scalar!("SELECT id FROM teams WHERE stripe_customer_id = $1", customer)
         .fetch_optional(&mut *tx)
         .await?;
@@ -213,13 +228,19 @@ async fn apply_subscription(
              team_id = EXCLUDED.team_id, customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
              price_id = EXCLUDED.price_id, current_period_end = EXCLUDED.current_period_end,
              cancel_at_period_end = EXCLUDED.cancel_at_period_end, trial_end = EXCLUDED.trial_end,
-             state_as_of = EXCLUDED.state_as_of, updated_at = now(),
-             -- Back in good standing after the failure: dunning is over.
-             payment_failed_at = CASE
-                 WHEN EXCLUDED.status IN ('active', 'trialing')
-                      AND EXCLUDED.state_as_of > subscriptions.payment_failed_at THEN NULL
-                 ELSE subscriptions.payment_failed_at END
-         WHERE subscriptions.state_as_of <= EXCLUDED.state_as_of",
+             state_as_of = EXCLUDED.state_as_of, updated_at = now()
+         -- Dunning (payment_failed_at) is left to the invoice events: only the failed
+         -- invoice's payment ends it, with its recovery email.
+         WHERE subscriptions.state_as_of < EXCLUDED.state_as_of
+            -- Two events in one second (Stripe's `created` has no finer grain): the later
+            -- stage of a subscription's life wins, whatever the processing order.
+            OR (subscriptions.state_as_of = EXCLUDED.state_as_of
+                AND (CASE EXCLUDED.status
+                         WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+                         WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END)
+                    >= (CASE subscriptions.status
+                         WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+                         WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END))",
         id,
         team,
         customer,
@@ -308,14 +329,26 @@ async fn payment_failed(
     else {
         return Ok(Processed::Ignored);
     };
-    sqlx::query!(
-        "UPDATE subscriptions SET payment_failed_at = coalesce(payment_failed_at, $2), updated_at = now()
-         WHERE id = $1",
+    // A failure older than the last successful payment is a late delivery: already made good.
+    let applied = sqlx::query!(
+        "UPDATE subscriptions
+         SET payment_failed_at = coalesce(payment_failed_at, $2),
+             failed_invoice_id = coalesce(failed_invoice_id, $3),
+             updated_at = now()
+         WHERE id = $1 AND (payment_succeeded_at IS NULL OR payment_succeeded_at < $2)",
         subscription,
         at,
+        invoice_id,
     )
     .execute(&mut *tx)
     .await?;
+    if applied.rows_affected() == 0 {
+        tracing::info!(
+            invoice = invoice_id,
+            "a failure older than the last payment: ignored"
+        );
+        return Ok(Processed::Applied);
+    }
     let attempt = invoice.get("attempt_count").and_then(Value::as_i64).unwrap_or(1);
     let key = format!("dunning:{invoice_id}:{attempt}");
     let billing_link = mailer.link("/billing");
@@ -360,15 +393,24 @@ async fn payment_succeeded(
     else {
         return Ok(Processed::Ignored);
     };
-    let recovered = sqlx::query!(
-        "UPDATE subscriptions SET payment_failed_at = NULL, updated_at = now()
-         WHERE id = $1 AND payment_failed_at IS NOT NULL AND payment_failed_at <= $2",
+    // Dunning ends when the invoice that failed is paid (another paid invoice, e.g. a
+    // proration, leaves it open).
+    let recovered = sqlx::query_scalar!(
+        r#"UPDATE subscriptions s
+           SET payment_succeeded_at = greatest(s.payment_succeeded_at, $2),
+               payment_failed_at = CASE WHEN s.failed_invoice_id = $3 THEN NULL ELSE s.payment_failed_at END,
+               failed_invoice_id = CASE WHEN s.failed_invoice_id = $3 THEN NULL ELSE s.failed_invoice_id END,
+               updated_at = now()
+           FROM subscriptions old
+           WHERE s.id = $1 AND old.id = s.id
+           RETURNING old.failed_invoice_id IS NOT DISTINCT FROM $3 AS "recovered!""#,
         subscription,
         at,
+        invoice_id,
     )
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    if recovered.rows_affected() > 0 {
+    if recovered {
         let key = format!("recovered:{invoice_id}");
         let email = PaymentRecovered {
             billing_link: mailer.link("/billing"),

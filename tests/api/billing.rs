@@ -621,3 +621,111 @@ async fn when_the_grace_period_ends_the_owner_is_told_once() {
         0
     );
 }
+
+/// The team in dunning on the renewal invoice (attempt 1 failed), as in the shared events.
+async fn in_dunning(billing: &Billing) -> Value {
+    billing.deliver(&billing.checkout("")).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.deliver(&event("", "customer.subscription.updated")).await;
+    let failed = event("", "invoice.payment_failed");
+    billing.deliver(&failed).await;
+    billing.wait_for_subscription("past_due", true).await;
+    billing.wait_for_emails(FAILED, 1).await;
+    failed
+}
+
+#[tokio::test]
+async fn only_the_failed_invoice_ends_dunning_and_a_late_failure_does_not_restart_it() {
+    let billing = Billing::start().await;
+    let failed = in_dunning(&billing).await;
+    let day = 86_400;
+
+    // A proration invoice paid meanwhile: dunning goes on, nobody is told it is over.
+    let proration = with(
+        again(&event("", "invoice.paid"), "evt_proration_paid", 0),
+        "/data/object/id",
+        json!("in_proration_1"),
+    );
+    let proration = with(
+        proration,
+        "/created",
+        json!(failed["created"].as_i64().unwrap() + day),
+    );
+    billing.deliver(&proration).await;
+    billing.all_processed().await;
+    assert_eq!(billing.subscription().await, Some(("past_due".into(), true)));
+
+    // Stripe reports the subscription active again before the invoice event arrives.
+    let active = with(
+        again(
+            &event("", "customer.subscription.updated"),
+            "evt_active_again",
+            3 * day,
+        ),
+        "/data/object/status",
+        json!("active"),
+    );
+    billing.deliver(&active).await;
+    billing.wait_for_subscription("active", true).await;
+    let paid = with(
+        again(&event("", "invoice.paid"), "evt_renewal_paid", 0),
+        "/data/object/id",
+        json!(RENEWAL_INVOICE),
+    );
+    let paid = with(
+        paid,
+        "/created",
+        json!(failed["created"].as_i64().unwrap() + 3 * day),
+    );
+    billing.deliver(&paid).await;
+    billing.wait_for_subscription("active", false).await;
+    billing.wait_for_emails(RECOVERED, 1).await;
+
+    // A failure from before that payment, delivered late: ignored, no email.
+    let late = with(
+        again(&failed, "evt_late_failure", day),
+        "/data/object/attempt_count",
+        json!(2),
+    );
+    billing.deliver(&late).await;
+    billing.all_processed().await;
+    assert_eq!(billing.subscription().await, Some(("active".into(), false)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(billing.emails(FAILED), 1);
+    assert_eq!(billing.page("/pro").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deleted_customer_does_not_stop_its_subscription_from_being_canceled() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    billing.deliver(&event("", "customer.subscription.created")).await;
+    billing.wait_for_subscription("active", false).await;
+    // Stripe sends both; here customer.deleted is processed first.
+    billing.deliver(&event("", "customer.deleted")).await;
+    billing.all_processed().await;
+    billing.deliver(&event("", "customer.subscription.deleted")).await;
+    billing.wait_for_subscription("canceled", false).await;
+    assert_eq!(billing.page("/pro").await.0, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn two_events_in_one_second_settle_on_the_later_stage_whatever_their_order() {
+    let billing = Billing::start().await;
+    billing.deliver(&billing.checkout("")).await;
+    let created = with(
+        event("", "customer.subscription.created"),
+        "/data/object/status",
+        json!("incomplete"),
+    );
+    let activated = with(
+        again(&created, "evt_same_second_active", 0),
+        "/data/object/status",
+        json!("active"),
+    );
+    billing.deliver(&activated).await;
+    billing.wait_for_subscription("active", false).await;
+    billing.deliver(&created).await;
+    billing.all_processed().await;
+    assert_eq!(billing.subscription().await, Some(("active".into(), false)));
+}
