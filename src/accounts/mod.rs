@@ -21,7 +21,7 @@ pub use self::{
     password::{HashError, Passwords},
     secret_token::SecretToken,
     sessions::Session,
-    throttle::LoginThrottle,
+    throttle::{AccountKey, LoginThrottle},
     tokens::{LinkProblem, Purpose},
 };
 use crate::{
@@ -130,9 +130,6 @@ impl Accounts {
         password: &str,
         user_agent: Option<&str>,
     ) -> Result<Login> {
-        if let Some(wait) = self.throttle.locked_for(email).await {
-            return Ok(Login::Locked(wait));
-        }
         let user = sqlx::query!(
             "SELECT u.id, u.password_hash, m.team_id
              FROM users u
@@ -144,15 +141,21 @@ impl Accounts {
         )
         .fetch_optional(&self.db)
         .await?;
+        // The lookup runs for every address, so the work before the hash is the same whether
+        // or not an account exists.
+        let account = AccountKey::new(email, user.as_ref().map(|user| user.id));
+        if let Some(wait) = self.throttle.locked_for(&account).await {
+            return Ok(Login::Locked(wait));
+        }
         let stored = user.as_ref().map(|user| user.password_hash.clone());
         if !self.passwords.verify(password, stored).await? {
-            self.throttle.failed(email).await;
+            self.throttle.failed(&account).await;
             return Ok(Login::Refused);
         }
         let Some(user) = user else {
             return Ok(Login::Refused);
         };
-        self.throttle.succeeded(email).await;
+        self.throttle.succeeded(&account).await;
         if !password::is_current(&user.password_hash) {
             self.upgrade_hash(user.id, &user.password_hash, password).await?;
         }

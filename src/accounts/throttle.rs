@@ -22,6 +22,20 @@ const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 /// Addresses the in-process fallback remembers at most.
 const LOCAL_CAPACITY: usize = 10_000;
 
+/// What a login attempt is counted against: the account when the address names one (so every
+/// spelling of an address shares one count, whatever case folding the database applies),
+/// else the address as typed, lower-cased.
+pub struct AccountKey(String);
+
+impl AccountKey {
+    pub fn new(email: &EmailAddress, account: Option<uuid::Uuid>) -> Self {
+        match account {
+            Some(id) => Self(format!("user:{id}")),
+            None => Self(format!("email:{}", email.normalized())),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct LoginThrottle {
     cache: Cache,
@@ -49,13 +63,13 @@ impl LoginThrottle {
         }
     }
 
-    fn key(email: &EmailAddress) -> String {
-        hex::encode(Sha256::digest(email.normalized().as_bytes()))
+    fn key(account: &AccountKey) -> String {
+        hex::encode(Sha256::digest(account.0.as_bytes()))
     }
 
-    /// How long logins for `email` must wait, if they must.
-    pub async fn locked_for(&self, email: &EmailAddress) -> Option<Duration> {
-        let key = Self::key(email);
+    /// How long logins for `account` must wait, if they must.
+    pub async fn locked_for(&self, account: &AccountKey) -> Option<Duration> {
+        let key = Self::key(account);
         let mut redis = self.cache.connection();
         let pttl: redis::RedisResult<i64> = redis::cmd("PTTL")
             .arg(self.cache.key(&format!("login-lock:{key}")))
@@ -78,9 +92,9 @@ impl LoginThrottle {
         }
     }
 
-    /// Counts a failed login for `email`.
-    pub async fn failed(&self, email: &EmailAddress) {
-        let key = Self::key(email);
+    /// Counts a failed login for `account`.
+    pub async fn failed(&self, account: &AccountKey) {
+        let key = Self::key(account);
         let failures_key = self.cache.key(&format!("login-failures:{key}"));
         let lock_key = self.cache.key(&format!("login-lock:{key}"));
         let mut redis = self.cache.connection();
@@ -136,9 +150,9 @@ impl LoginThrottle {
         }
     }
 
-    /// Forgets the failures of `email` after a successful login.
-    pub async fn succeeded(&self, email: &EmailAddress) {
-        let key = Self::key(email);
+    /// Forgets the failures of `account` after a successful login.
+    pub async fn succeeded(&self, account: &AccountKey) {
+        let key = Self::key(account);
         self.local.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         let mut redis = self.cache.connection();
         let cleared: redis::RedisResult<()> = redis::cmd("DEL")

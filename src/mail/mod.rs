@@ -252,8 +252,13 @@ impl Job for DeliverEmail {
             Outcome::Retry(reason) => ("pending", Some(reason)),
         };
         sqlx::query!(
+            // A sent email's bodies are dropped: they may hold a single-use link (verification,
+            // reset), and the database must never hold a usable one. Subject, recipient and
+            // Message-ID stay for support.
             "UPDATE emails
-             SET status = $2, last_error = $3, sent_at = CASE WHEN $2 = 'sent' THEN now() END
+             SET status = $2, last_error = $3, sent_at = CASE WHEN $2 = 'sent' THEN now() END,
+                 text_body = CASE WHEN $2 = 'sent' THEN '' ELSE text_body END,
+                 html_body = CASE WHEN $2 = 'sent' THEN '' ELSE html_body END
              WHERE id = $1",
             self.email_id,
             status,

@@ -1155,3 +1155,57 @@ async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     let again = log_in(&mut Visitor::new(&app), "quinn@example.com", PASSWORD).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER, "and the new one too");
 }
+
+#[tokio::test]
+async fn every_spelling_of_an_address_shares_one_failure_count() {
+    let (app, _smtp) = app_with_smtp().await;
+    sign_up(&mut Visitor::new(&app), "rita@example.com").await;
+    let mut attacker = Visitor::new(&app);
+    for email in [
+        "rita@example.com",
+        "RITA@example.com",
+        "Rita@Example.com",
+        "rIta@example.COM",
+        "ritA@EXAMPLE.com",
+    ] {
+        assert_eq!(
+            log_in(&mut attacker, email, "guess").await.status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    let locked = log_in(&mut attacker, "RiTa@example.com", "guess").await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_sent_email_leaves_no_usable_link_in_the_database() {
+    let (app, smtp) = app_with_smtp().await;
+    sign_up(&mut Visitor::new(&app), "sam@example.com").await;
+    let link = emailed_link(
+        &smtp,
+        "sam@example.com",
+        "Confirm your email",
+        "/verify-email?token=",
+    )
+    .await;
+    let token = link.rsplit('=').next().unwrap().to_owned();
+    let mut db = app.database.connect().await;
+    wait_until("the email marked sent", Duration::from_secs(10), || async {
+        let mut db = app.database.connect().await;
+        let status: String = sqlx::query_scalar("SELECT status FROM emails")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if status == "sent" { Ok(()) } else { Err(status) }
+    })
+    .await;
+    let holding: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM emails WHERE text_body LIKE $1 OR html_body LIKE $1")
+            .bind(format!("%{token}%"))
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(holding, 0);
+    // And the link still works: the database kept only its hash.
+    assert_eq!(Visitor::new(&app).get(&link).await.status, StatusCode::OK);
+}
