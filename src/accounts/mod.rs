@@ -144,12 +144,11 @@ impl Accounts {
         // The lookup runs for every address, so the work before the hash is the same whether
         // or not an account exists.
         let account = AccountKey::new(email, user.as_ref().map(|user| user.id));
-        if let Some(wait) = self.throttle.locked_for(&account).await {
+        if let Some(wait) = self.throttle.begin(&account).await {
             return Ok(Login::Locked(wait));
         }
         let stored = user.as_ref().map(|user| user.password_hash.clone());
         if !self.passwords.verify(password, stored).await? {
-            self.throttle.failed(&account).await;
             return Ok(Login::Refused);
         }
         let Some(user) = user else {

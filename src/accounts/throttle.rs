@@ -3,6 +3,7 @@
 //!
 //! After `FREE_FAILURES` failed logins within `WINDOW`, each further failure locks the address
 //! for twice as long as the one before (1 s, 2 s, 4 s … up to `MAX_LOCK`). A success clears it.
+//! An attempt is counted before its password is checked (see [`LoginThrottle::begin`]).
 //! State lives in Redis (shared by every instance); while Redis is down, each process keeps
 //! its own count, so logins keep working and stay throttled.
 
@@ -48,6 +49,26 @@ struct Local {
     locked_until: Instant,
 }
 
+/// Atomically: the lock's remaining milliseconds if the account is locked; else count this
+/// attempt and, from the `free`-th on, lock for 2^(n − free) s (at most `max_lock`) so that
+/// the attempts after it wait. Returns 0 when the attempt may go ahead.
+static BEGIN_ATTEMPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local wait = redis.call('PTTL', KEYS[2])
+        if wait > 0 then return wait end
+        local n = redis.call('INCR', KEYS[1])
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        local free = tonumber(ARGV[1])
+        if n >= free then
+            local lock = math.min(1000 * 2 ^ (n - free), tonumber(ARGV[3]))
+            redis.call('SET', KEYS[2], 1, 'PX', math.floor(lock))
+        end
+        return 0
+        ",
+    )
+});
+
 /// How long a lock lasts after `failures` failures in a row.
 fn lock_for(failures: u32) -> Option<Duration> {
     let over = failures.checked_sub(FREE_FAILURES)?;
@@ -67,66 +88,34 @@ impl LoginThrottle {
         hex::encode(Sha256::digest(account.0.as_bytes()))
     }
 
-    /// How long logins for `account` must wait, if they must.
-    pub async fn locked_for(&self, account: &AccountKey) -> Option<Duration> {
+    /// Reserves a login attempt for `account`, or says how long it must wait. Every attempt
+    /// counts as a failure until it succeeds ([`Self::succeeded`] clears the count), and the
+    /// check and the count are one atomic step: parallel attempts cannot all slip in before
+    /// the lock (at most `FREE_FAILURES` per window, then one per lock).
+    pub async fn begin(&self, account: &AccountKey) -> Option<Duration> {
         let key = Self::key(account);
         let mut redis = self.cache.connection();
-        let pttl: redis::RedisResult<i64> = redis::cmd("PTTL")
-            .arg(self.cache.key(&format!("login-lock:{key}")))
-            .query_async(&mut redis)
+        let reserved: redis::RedisResult<i64> = BEGIN_ATTEMPT
+            .key(self.cache.key(&format!("login-failures:{key}")))
+            .key(self.cache.key(&format!("login-lock:{key}")))
+            .arg(FREE_FAILURES)
+            .arg(millis(WINDOW))
+            .arg(millis(MAX_LOCK))
+            .invoke_async(&mut redis)
             .await;
-        match pttl {
-            Ok(ms) => u64::try_from(ms)
+        match reserved {
+            Ok(wait_ms) => u64::try_from(wait_ms)
                 .ok()
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
             Err(error) => {
                 tracing::warn!(error = %error, "Redis unavailable: login throttling is per process");
-                let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                local
-                    .get(&key)
-                    .and_then(|entry| entry.locked_until.checked_duration_since(now))
-                    .filter(|left| !left.is_zero())
+                self.begin_locally(key)
             }
         }
     }
 
-    /// Counts a failed login for `account`.
-    pub async fn failed(&self, account: &AccountKey) {
-        let key = Self::key(account);
-        let failures_key = self.cache.key(&format!("login-failures:{key}"));
-        let lock_key = self.cache.key(&format!("login-lock:{key}"));
-        let mut redis = self.cache.connection();
-        let counted: redis::RedisResult<(u32,)> = redis::pipe()
-            .atomic()
-            .incr(&failures_key, 1)
-            .pexpire(&failures_key, i64::try_from(millis(WINDOW)).unwrap_or(i64::MAX))
-            .ignore()
-            .query_async(&mut redis)
-            .await;
-        let outcome = match counted {
-            Ok((failures,)) => match lock_for(failures) {
-                Some(lock) => {
-                    redis::cmd("SET")
-                        .arg(&lock_key)
-                        .arg(1)
-                        .arg("PX")
-                        .arg(millis(lock))
-                        .query_async::<()>(&mut redis)
-                        .await
-                }
-                None => Ok(()),
-            },
-            Err(error) => Err(error),
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(error = %error, "Redis unavailable: login throttling is per process");
-            self.failed_locally(key);
-        }
-    }
-
-    fn failed_locally(&self, key: String) {
+    fn begin_locally(&self, key: String) -> Option<Duration> {
         let now = Instant::now();
         let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
         if local.len() >= LOCAL_CAPACITY {
@@ -140,6 +129,13 @@ impl LoginThrottle {
             window_ends: now,
             locked_until: now,
         });
+        if let Some(wait) = entry
+            .locked_until
+            .checked_duration_since(now)
+            .filter(|w| !w.is_zero())
+        {
+            return Some(wait);
+        }
         if entry.window_ends <= now {
             entry.failures = 0;
         }
@@ -148,6 +144,7 @@ impl LoginThrottle {
         if let Some(lock) = lock_for(entry.failures) {
             entry.locked_until = now + lock;
         }
+        None
     }
 
     /// Forgets the failures of `account` after a successful login.

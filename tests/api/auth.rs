@@ -1209,3 +1209,39 @@ async fn a_sent_email_leaves_no_usable_link_in_the_database() {
     // And the link still works: the database kept only its hash.
     assert_eq!(Visitor::new(&app).get(&link).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_slip_past_the_account_lock() {
+    let (app, _smtp) = app_with_smtp().await;
+    sign_up(&mut Visitor::new(&app), "tom@example.com").await;
+    // Twelve guesses at once, each from a browser of its own.
+    let mut guesses = Vec::new();
+    for _ in 0..12 {
+        let mut visitor = Visitor::new(&app);
+        let token = visitor.get("/login").await.csrf_token();
+        guesses.push(async move {
+            visitor
+                .post(
+                    "/login",
+                    &[
+                        ("email", "tom@example.com"),
+                        ("password", "a guess"),
+                        ("csrf_token", &token),
+                    ],
+                )
+                .await
+                .status
+        });
+    }
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    let locked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(checked + locked, 12, "{statuses:?}");
+    assert!(checked <= 6, "{checked} passwords were checked: {statuses:?}");
+}
