@@ -11,7 +11,7 @@
 # Prints PASS/FAIL per check; exits 1 if any failed. Needs the PostgreSQL and Redis that
 # .ci/run starts (KEEL_TEST_DATABASE_URL, KEEL_TEST_REDIS_URL). The linters go into a venv in
 # the cargo target dir; nginx comes from apt-get when missing. keel is the debug build of
-# this checkout (`cargo build --bin keel`: nothing to do right after the tests built it; the
+# this checkout (`cargo build --all-targets`: nothing to do right after the tests built it; the
 # target dir may be shared with other checkouts, so an existing binary is never trusted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,8 +76,10 @@ if ! command -v nginx >/dev/null; then
 fi
 command -v openssl >/dev/null || apt_install openssl
 command -v psql >/dev/null || apt_install postgresql-client
-log "cargo build --bin keel"
-cargo build --locked --bin keel
+# `--all-targets`: the same feature set as the tests' build, so right after them this is a
+# no-op (`--bin keel` alone resolves features without the dev-dependencies and rebuilds).
+log "cargo build --all-targets"
+cargo build --locked --all-targets
 
 work=$(mktemp -d)
 app_pid=""
