@@ -263,7 +263,7 @@ impl Config {
         let mut warnings = Vec::new();
         if self.secret_key.generated {
             warnings.push(
-                "SECRET_KEY is not set: a random key was generated for this process, so sessions end at every restart".to_owned(),
+                "SECRET_KEY is not set: a random key was generated for this process, so forms opened before a restart need a reload (CSRF tokens derive from it)".to_owned(),
             );
         }
         if self.stripe.secret_key.is_none() {
