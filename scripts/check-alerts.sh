@@ -54,6 +54,7 @@ for line in open(runbook_path, encoding="utf-8"):
 known_metrics = {
     "keel_http_requests_total", "keel_http_request_duration_seconds_bucket",
     "keel_jobs_total", "keel_jobs_queued", "keel_webhook_events_total",
+    "keel_stripe_circuit_open", "keel_stripe_reconcile_repairs_total",
     "up", "probe_success",
 }
 promql_words = {

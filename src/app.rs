@@ -12,7 +12,11 @@ use secrecy::ExposeSecret;
 
 use crate::{
     accounts::Accounts,
-    billing::signature::{self, Verifier},
+    billing::{
+        pricing::Catalog,
+        signature::{self, Verifier},
+        stripe::Stripe,
+    },
     cache::Cache,
     config::Config,
     db,
@@ -26,6 +30,17 @@ use crate::{
     jobs::{self, Worker, WorkerConfig},
     mail::Mailer,
 };
+
+/// The Stripe API client, when `STRIPE_SECRET_KEY` is set.
+pub fn stripe_client(config: &Config) -> anyhow::Result<Option<Stripe>> {
+    config
+        .stripe
+        .secret_key
+        .clone()
+        .map(|key| Stripe::new(key, config.stripe.api_base.clone()))
+        .transpose()
+        .context("setting up the Stripe client")
+}
 
 /// How long closing the pool may take at shutdown.
 const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,7 +70,11 @@ impl App {
             .with_context(|| format!("binding BIND_ADDR {}", config.bind_addr))?;
         let mailer = Mailer::from_config(&config)?;
         let accounts = Accounts::new(db.clone(), mailer.clone(), cache.clone());
+        let stripe = stripe_client(&config)?;
+        let catalog = Catalog::new(config.stripe.prices.clone(), stripe.clone(), cache.clone());
         let state = AppState::new(Services {
+            stripe: stripe.clone(),
+            catalog,
             csrf: CsrfKey::new(&config.secret_key),
             cookies: CookieNames::new(config.base_url.scheme() == "https"),
             webhooks: (!config.stripe.webhook_secrets.is_empty()).then(|| {
@@ -81,7 +100,8 @@ impl App {
             jobs::registry(),
             jobs::schedule(&state.config),
             WorkerConfig::default(),
-        );
+        )
+        .with_stripe(stripe);
         Ok(Self {
             listener,
             router,

@@ -73,6 +73,12 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// The absolute URL of `path` (with its query) on the site at `base_url` (`BASE_URL`), for
+/// links that leave the site: emails, Stripe's return addresses.
+pub fn absolute_url(base_url: &Url, path: &str) -> String {
+    format!("{}{path}", base_url.as_str().trim_end_matches('/'))
+}
+
 /// One entry of `STRIPE_PRICES`: a plan name and the Stripe price it sells.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanPrice {

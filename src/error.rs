@@ -7,10 +7,17 @@
 
 use std::sync::Arc;
 
+use crate::billing::stripe::StripeError;
+
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+
+/// What a person sees when Stripe cannot be reached.
+const STRIPE_DOWN_MESSAGE: &str = "Payments are unavailable right now: our payment provider is not answering. Nothing was charged. Please try again in a few minutes.";
+/// Stripe's circuit breaker tries again after about this long.
+const STRIPE_RETRY_AFTER_SECS: u64 = 30;
 
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
@@ -26,10 +33,18 @@ pub enum AppError {
     /// A dependency (PostgreSQL, Redis, Stripe) is down or too slow: 503, try again later.
     #[error("dependency unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// Stripe is down or too slow: 503 with a page that says so (and that nothing was
+    /// charged).
+    #[error("Stripe unavailable")]
+    StripeUnavailable(#[source] anyhow::Error),
     /// The request was understood and refused (a missing or wrong CSRF token); the message
     /// is shown to the client.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The request conflicts with the current state (subscribing twice); the message is
+    /// shown to the client.
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -54,6 +69,14 @@ impl From<sqlx::Error> for AppError {
 
 impl From<anyhow::Error> for AppError {
     fn from(error: anyhow::Error) -> Self {
+        let stripe_down = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<StripeError>()
+                .is_some_and(StripeError::is_outage)
+        });
+        if stripe_down {
+            return AppError::StripeUnavailable(error);
+        }
         let unavailable = error.chain().any(|cause| {
             cause
                 .downcast_ref::<sqlx::Error>()
@@ -81,8 +104,9 @@ impl AppError {
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unavailable(_) | AppError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,15 +117,26 @@ impl IntoResponse for AppError {
         let mut response = self.status().into_response();
         let report = match self {
             AppError::NotFound => ErrorReport::default(),
-            AppError::BadRequest(message) | AppError::Forbidden(message) => ErrorReport {
-                public_message: Some(message),
-                cause: None,
-            },
+            AppError::BadRequest(message) | AppError::Forbidden(message) | AppError::Conflict(message) => {
+                ErrorReport {
+                    public_message: Some(message),
+                    cause: None,
+                }
+            }
             AppError::TooManyRequests { retry_after_secs } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
                 ErrorReport::default()
+            }
+            AppError::StripeUnavailable(cause) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(STRIPE_RETRY_AFTER_SECS));
+                ErrorReport {
+                    public_message: Some(STRIPE_DOWN_MESSAGE.to_owned()),
+                    cause: Some(Arc::new(cause)),
+                }
             }
             AppError::Unavailable(cause) | AppError::Internal(cause) => ErrorReport {
                 public_message: None,

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use keel::{App, Config, config::AppEnv, db, jobs, mail, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,9 @@ enum StripeCommand {
         /// The event id (`evt_…`), as in the stripe_events table or Stripe's dashboard.
         event_id: String,
     },
+    /// Compare every subscription with Stripe now, repair drift (each repair is written to
+    /// billing_audit_log) and print a summary. The worker also does this daily.
+    Reconcile,
 }
 
 #[derive(Subcommand)]
@@ -188,7 +192,8 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         jobs::registry(),
         jobs::schedule(&config),
         jobs::WorkerConfig::default(),
-    );
+    )
+    .with_stripe(keel::app::stripe_client(&config)?);
     let drain_timeout = config.shutdown_timeout;
     tokio::select! {
         result = worker.run(shutdown.clone()) => result,
@@ -261,6 +266,13 @@ async fn stripe_command(config: Config, command: StripeCommand) -> anyhow::Resul
         StripeCommand::Replay { event_id } => {
             let outcome = keel::billing::events::replay(&pool, &mailer, &event_id).await?;
             println!("{event_id}: {outcome}");
+            Ok(())
+        }
+        StripeCommand::Reconcile => {
+            let stripe = keel::app::stripe_client(&config)?
+                .context("STRIPE_SECRET_KEY is not set: there is no Stripe account to reconcile with")?;
+            let summary = keel::billing::reconcile::reconcile(&pool, &stripe).await?;
+            println!("{summary}");
             Ok(())
         }
     }

@@ -181,7 +181,12 @@ async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result
 /// The team of subscription `id`: the one keel stored it under, else its customer's (linked
 /// at checkout), else the `team_id` in its metadata; an error, to be retried, while none is
 /// known.
-async fn team_of(tx: &mut PgConnection, id: &str, customer: &str, object: &Value) -> anyhow::Result<Uuid> {
+pub(super) async fn team_of(
+    tx: &mut PgConnection,
+    id: &str,
+    customer: &str,
+    object: &Value,
+) -> anyhow::Result<Uuid> {
     // A subscription keel already holds keeps its team, even once its customer is deleted
     // (customer.deleted and the subscription's own deletion arrive in either order).
     let known = sqlx::query_scalar!("SELECT team_id FROM subscriptions WHERE id = $1", id)
@@ -211,52 +216,97 @@ async fn apply_subscription(
     subscription: &Value,
     at: OffsetDateTime,
 ) -> anyhow::Result<Processed> {
-    let id = id_at(subscription, "/id").context("a subscription without an id")?;
-    let customer = id_at(subscription, "/customer").context("a subscription without a customer")?;
-    let team = team_of(tx, id, customer, subscription).await?;
-    let status = subscription
-        .get("status")
-        .and_then(Value::as_str)
-        .context("a subscription without a status")?;
-    let period_end = time_at(subscription, "/current_period_end")
-        .or_else(|| time_at(subscription, "/items/data/0/current_period_end"));
-    sqlx::query!(
-        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
-                                    cancel_at_period_end, trial_end, state_as_of)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (id) DO UPDATE SET
-             team_id = EXCLUDED.team_id, customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-             price_id = EXCLUDED.price_id, current_period_end = EXCLUDED.current_period_end,
-             cancel_at_period_end = EXCLUDED.cancel_at_period_end, trial_end = EXCLUDED.trial_end,
-             state_as_of = EXCLUDED.state_as_of, updated_at = now()
-         -- Dunning (payment_failed_at) is left to the invoice events: only the failed
-         -- invoice's payment ends it, with its recovery email.
-         WHERE subscriptions.state_as_of < EXCLUDED.state_as_of
-            -- Two events in one second (Stripe's `created` has no finer grain): the later
-            -- stage of a subscription's life wins, whatever the processing order.
-            OR (subscriptions.state_as_of = EXCLUDED.state_as_of
-                AND (CASE EXCLUDED.status
-                         WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
-                         WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END)
-                    >= (CASE subscriptions.status
-                         WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
-                         WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END))",
-        id,
-        team,
-        customer,
-        status,
-        id_at(subscription, "/items/data/0/price/id"),
-        period_end,
-        subscription
-            .get("cancel_at_period_end")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        time_at(subscription, "/trial_end"),
-        at,
-    )
-    .execute(&mut *tx)
-    .await?;
+    let facts = SubscriptionFacts::read(subscription)?;
+    let team = team_of(tx, facts.id, facts.customer, subscription).await?;
+    facts.store(tx, team, at).await?;
     Ok(Processed::Applied)
+}
+
+/// What keel keeps of a Stripe subscription object (an event's, or one listed by
+/// reconciliation), read from either API shape.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SubscriptionFacts<'a> {
+    pub id: &'a str,
+    pub customer: &'a str,
+    pub status: &'a str,
+    pub price_id: Option<&'a str>,
+    pub current_period_end: Option<OffsetDateTime>,
+    pub cancel_at_period_end: bool,
+    pub trial_end: Option<OffsetDateTime>,
+}
+
+impl<'a> SubscriptionFacts<'a> {
+    pub fn read(subscription: &'a Value) -> anyhow::Result<Self> {
+        Ok(Self {
+            id: id_at(subscription, "/id").context("a subscription without an id")?,
+            customer: id_at(subscription, "/customer").context("a subscription without a customer")?,
+            status: subscription
+                .get("status")
+                .and_then(Value::as_str)
+                .context("a subscription without a status")?,
+            price_id: id_at(subscription, "/items/data/0/price/id"),
+            current_period_end: time_at(subscription, "/current_period_end")
+                .or_else(|| time_at(subscription, "/items/data/0/current_period_end")),
+            cancel_at_period_end: subscription
+                .get("cancel_at_period_end")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            trial_end: time_at(subscription, "/trial_end"),
+        })
+    }
+
+    /// The facts as JSON, for the audit log.
+    pub fn to_json(&self) -> Value {
+        let unix = |at: Option<OffsetDateTime>| at.map(OffsetDateTime::unix_timestamp);
+        serde_json::json!({
+            "id": self.id,
+            "customer": self.customer,
+            "status": self.status,
+            "price_id": self.price_id,
+            "current_period_end": unix(self.current_period_end),
+            "cancel_at_period_end": self.cancel_at_period_end,
+            "trial_end": unix(self.trial_end),
+        })
+    }
+
+    /// Stores these facts for `team` as of `at`, unless keel holds a newer state; whether it
+    /// stored them.
+    pub async fn store(&self, tx: &mut PgConnection, team: Uuid, at: OffsetDateTime) -> anyhow::Result<bool> {
+        let stored = sqlx::query!(
+            "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
+                                        cancel_at_period_end, trial_end, state_as_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET
+                 team_id = EXCLUDED.team_id, customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+                 price_id = EXCLUDED.price_id, current_period_end = EXCLUDED.current_period_end,
+                 cancel_at_period_end = EXCLUDED.cancel_at_period_end, trial_end = EXCLUDED.trial_end,
+                 state_as_of = EXCLUDED.state_as_of, updated_at = now()
+             -- Dunning (payment_failed_at) is left to the invoice events: only the failed
+             -- invoice's payment ends it, with its recovery email.
+             WHERE subscriptions.state_as_of < EXCLUDED.state_as_of
+                -- Two events in one second (Stripe's `created` has no finer grain): the later
+                -- stage of a subscription's life wins, whatever the processing order.
+                OR (subscriptions.state_as_of = EXCLUDED.state_as_of
+                    AND (CASE EXCLUDED.status
+                             WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+                             WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END)
+                        >= (CASE subscriptions.status
+                             WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
+                             WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END))",
+            self.id,
+            team,
+            self.customer,
+            self.status,
+            self.price_id,
+            self.current_period_end,
+            self.cancel_at_period_end,
+            self.trial_end,
+            at,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(stored.rows_affected() > 0)
+    }
 }
 
 /// An invoice of a subscription keel knows: its ids and the address of the team's owner.

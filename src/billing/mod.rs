@@ -1,10 +1,16 @@
 //! Stripe billing lives here. Stripe is the source of truth for subscriptions; keel learns about
-//! changes from signed webhook deliveries, so the first piece is the signature check that decides
-//! whether a delivery may be believed at all.
+//! changes from signed webhook deliveries (`signature`, `webhooks`, `events`), sends people to
+//! Stripe's hosted pages to pay (`checkout`), shows prices (`pricing`), and checks its copy
+//! against Stripe daily (`reconcile`). `entitlement` decides, per request, who may use paid
+//! features. Every call to Stripe goes through `stripe`.
 
+pub mod checkout;
 pub mod entitlement;
 pub mod events;
+pub mod pricing;
+pub mod reconcile;
 pub mod signature;
+pub mod stripe;
 pub mod webhooks;
 
 use std::time::Duration;

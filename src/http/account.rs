@@ -10,7 +10,9 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{AppState, auth::page_with_status, csrf::CsrfToken, pages::Layout, render, session::CurrentUser};
+use super::{
+    AppState, auth::page_with_status, billing, csrf::CsrfToken, pages::Layout, render, session::CurrentUser,
+};
 use crate::{accounts::WrongPassword, domain::NewPassword, error::Result};
 
 #[derive(Template)]
@@ -19,16 +21,27 @@ struct DashboardPage {
     layout: Layout,
     team_name: String,
     role: String,
-    /// The team's plan; "Free" until billing is wired in.
-    plan: &'static str,
+    /// The plan the team has paid access to, or "Free".
+    plan: String,
 }
 
-pub async fn dashboard(user: CurrentUser, layout: Layout) -> Result<Html<String>> {
+pub async fn dashboard(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    layout: Layout,
+) -> Result<Html<String>> {
+    let now = time::OffsetDateTime::now_utc();
+    let plan = match &user.session.billing {
+        Some(standing) if standing.entitled(state.config.grace_period(), now) => {
+            billing::plan_name(&state.config, standing.price_id.as_deref())
+        }
+        _ => "Free".to_owned(),
+    };
     render(&DashboardPage {
         layout,
         team_name: user.session.team_name,
         role: capitalized(&user.session.role),
-        plan: "Free",
+        plan,
     })
 }
 

@@ -4,19 +4,30 @@
 
 use askama::Template;
 use axum::{
-    extract::{FromRequestParts, State},
+    Form,
+    extract::{FromRequestParts, Query, State},
     http::request::Parts,
     response::{Html, IntoResponse, Redirect, Response},
 };
+use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::{
     AppState,
+    csrf::CsrfToken,
     pages::Layout,
     render,
     session::{CurrentUser, NotSignedIn},
 };
-use crate::{billing::entitlement::Standing, config::Config, domain::PlanName, error::Result};
+use crate::{
+    billing::{
+        checkout::{self, CheckoutRefused, Payer},
+        entitlement::Standing,
+        stripe::Stripe,
+    },
+    config::Config,
+    error::{AppError, Result},
+};
 
 /// A signed-in user whose team may use paid features; anyone else is sent to `/billing`
 /// (or to log in first). Entitlement is computed now, from the subscription and
@@ -81,16 +92,14 @@ pub fn dunning(standing: &Standing, config: &Config, now: OffsetDateTime) -> Opt
     })
 }
 
-fn plan_name(config: &Config, price_id: Option<&str>) -> String {
+/// The name of the plan selling `price_id`, as people read it.
+pub fn plan_name(config: &Config, price_id: Option<&str>) -> String {
     config
         .stripe
         .prices
         .iter()
         .find(|price| Some(price.price_id.as_str()) == price_id)
-        .map_or_else(
-            || "Paid plan".to_owned(),
-            |price| PlanName::display_name(&price.plan),
-        )
+        .map_or_else(|| "Paid plan".to_owned(), |price| price.plan.display_name())
 }
 
 #[derive(Template)]
@@ -100,12 +109,26 @@ struct BillingPage {
     team_name: String,
     subscription: Option<Subscription>,
     configured: bool,
+    /// Only the owner manages billing; others see the state.
+    may_manage: bool,
+    csrf_token: String,
+    /// Plans to subscribe to (key, name), when there is no subscription.
+    plans: Vec<(String, String)>,
+    /// Back from a paid checkout whose webhooks have not arrived yet.
+    checkout_pending: bool,
+}
+
+#[derive(Deserialize)]
+pub struct BillingQuery {
+    checkout: Option<String>,
 }
 
 pub async fn billing(
     State(state): State<AppState>,
     user: CurrentUser,
     layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<BillingQuery>,
 ) -> Result<Html<String>> {
     let now = OffsetDateTime::now_utc();
     let subscription = user.session.billing.as_ref().map(|standing| Subscription {
@@ -115,10 +138,83 @@ pub async fn billing(
         cancels_at_period_end: standing.cancel_at_period_end,
         dunning: dunning(standing, &state.config, now),
     });
+    let plans = state
+        .config
+        .stripe
+        .prices
+        .iter()
+        .map(|price| (price.plan.to_string(), price.plan.display_name()))
+        .collect();
+    let may_manage = is_owner(&user);
     render(&BillingPage {
         layout,
         team_name: user.session.team_name,
+        checkout_pending: subscription.is_none() && query.checkout.as_deref() == Some("success"),
         subscription,
-        configured: state.config.stripe.secret_key.is_some(),
+        configured: state.stripe.is_some(),
+        may_manage,
+        csrf_token,
+        plans,
     })
+}
+
+#[derive(Deserialize)]
+pub struct CheckoutForm {
+    plan: String,
+}
+
+/// `POST /billing/checkout`: off to Stripe Checkout for the chosen plan.
+pub async fn checkout(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Form(form): Form<CheckoutForm>,
+) -> Result<Response> {
+    let stripe = manager(&state, &user)?;
+    let price = state
+        .config
+        .stripe
+        .prices
+        .iter()
+        .find(|price| price.plan.as_str() == form.plan)
+        .ok_or_else(|| AppError::BadRequest(format!("There is no plan called {:?}.", form.plan)))?;
+    let session = &user.session;
+    let payer = Payer {
+        team: session.team_id,
+        team_name: &session.team_name,
+        email: &session.email,
+    };
+    match checkout::start_checkout(&state.db, stripe, &payer, &price.price_id, &state.config.base_url).await?
+    {
+        Ok(url) => Ok(Redirect::to(url.as_str()).into_response()),
+        Err(CheckoutRefused::AlreadySubscribed) => Err(AppError::Conflict(
+            "Your team already has a subscription. Change plans with \"Manage billing\" on the billing page."
+                .to_owned(),
+        )),
+    }
+}
+
+/// `POST /billing/portal`: off to Stripe's customer portal (card, plan, invoices, cancel).
+pub async fn portal(State(state): State<AppState>, user: CurrentUser) -> Result<Response> {
+    let stripe = manager(&state, &user)?;
+    let url = checkout::open_portal(&state.db, stripe, user.session.team_id, &state.config.base_url).await?;
+    // A team that never checked out has nothing to manage yet: show it the plans.
+    Ok(Redirect::to(url.as_ref().map_or("/pricing", url::Url::as_str)).into_response())
+}
+
+fn is_owner(user: &CurrentUser) -> bool {
+    user.session.role == "owner"
+}
+
+/// The Stripe client, if this user may manage the team's billing.
+fn manager<'a>(state: &'a AppState, user: &CurrentUser) -> Result<&'a Stripe> {
+    let stripe = state
+        .stripe
+        .as_ref()
+        .ok_or_else(|| AppError::Conflict("Billing is not configured on this server.".to_owned()))?;
+    if !is_owner(user) {
+        return Err(AppError::Forbidden(
+            "Only the team's owner can manage its billing.".to_owned(),
+        ));
+    }
+    Ok(stripe)
 }

@@ -40,7 +40,11 @@ use tower_http::{
 
 use self::{csrf::CsrfKey, session::CookieNames};
 use crate::{
-    accounts::Accounts, billing::signature::Verifier, cache::Cache, config::Config, error::AppError,
+    accounts::Accounts,
+    billing::{pricing::Catalog, signature::Verifier, stripe::Stripe},
+    cache::Cache,
+    config::Config,
+    error::AppError,
     health::HealthChecker,
 };
 
@@ -66,6 +70,10 @@ pub struct Services {
     pub cookies: CookieNames,
     /// `None` without `STRIPE_WEBHOOK_SECRET`: the webhook answers 503.
     pub webhooks: Option<Verifier>,
+    /// `None` without `STRIPE_SECRET_KEY`: billing pages say billing is not configured.
+    pub stripe: Option<Stripe>,
+    /// The plans' prices for `/pricing`.
+    pub catalog: Catalog,
 }
 
 impl AppState {
@@ -119,6 +127,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/dashboard", get(account::dashboard))
         .route("/settings", get(account::settings))
         .route("/billing", get(billing::billing))
+        .route("/billing/checkout", form(post(billing::checkout)))
+        .route("/billing/portal", form(post(billing::portal)))
         // The example paid feature: entitled teams only (see billing::RequireEntitlement).
         .route("/pro", get(billing::pro))
         .route(

@@ -82,10 +82,12 @@ pub async fn landing(layout: Layout) -> Result<Html<String>> {
     render(&LandingPage { layout })
 }
 
-/// One plan on the pricing page. Amounts come from Stripe once billing is wired in.
+/// One plan on the pricing page.
 struct PlanCard {
     key: String,
     name: String,
+    /// "$12.00 per month"; `None` while Stripe's price is unknown (the name alone is shown).
+    price: Option<String>,
 }
 
 #[derive(Template)]
@@ -95,15 +97,18 @@ struct PricingPage {
     plans: Vec<PlanCard>,
 }
 
+/// The plans of `STRIPE_PRICES` with Stripe's amounts (see `billing::pricing` for the cache
+/// and what is shown when Stripe or Redis is down). Signed-in users go straight to checkout.
 pub async fn pricing(State(state): State<AppState>, layout: Layout) -> Result<Html<String>> {
     let plans = state
-        .config
-        .stripe
-        .prices
-        .iter()
-        .map(|price| PlanCard {
-            key: price.plan.to_string(),
-            name: price.plan.display_name(),
+        .catalog
+        .offers()
+        .await
+        .into_iter()
+        .map(|offer| PlanCard {
+            key: offer.plan.to_string(),
+            name: offer.plan.display_name(),
+            price: offer.price.and_then(|price| price.in_words()),
         })
         .collect();
     render(&PricingPage { layout, plans })

@@ -24,7 +24,10 @@ use sqlx::PgPool;
 
 use crate::{
     accounts::{PurgeExpiredAuth, SendPasswordReset},
-    billing::{events::NotifyGraceEnded, webhooks::ProcessStripeEvent},
+    billing::{
+        events::NotifyGraceEnded, reconcile::ReconcileSubscriptions, stripe::Stripe,
+        webhooks::ProcessStripeEvent,
+    },
     config::Config,
     mail::{DeliverEmail, Mailer, PurgeOldEmails},
 };
@@ -54,6 +57,8 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 pub struct JobContext {
     pub db: PgPool,
     pub mailer: Mailer,
+    /// `None` when billing is not configured (no `STRIPE_SECRET_KEY`).
+    pub stripe: Option<Stripe>,
     pub job_id: JobId,
     /// This run's attempt, from 1.
     pub attempt: i32,
@@ -116,6 +121,7 @@ pub fn registry() -> Registry {
         .register::<PurgeExpiredAuth>()
         .register::<ProcessStripeEvent>()
         .register::<NotifyGraceEnded>()
+        .register::<ReconcileSubscriptions>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.
@@ -132,6 +138,7 @@ pub fn schedule(config: &Config) -> Schedule {
         .every("notify-grace-ended", HOUR, move |_| NotifyGraceEnded {
             grace_period_days,
         })
+        .every("reconcile-subscriptions", DAY, |_| ReconcileSubscriptions)
 }
 
 /// Deletes dead jobs nobody retried within `older_than_days`, so the table does not grow

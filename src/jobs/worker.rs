@@ -14,7 +14,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::mail::Mailer;
+use crate::{billing::stripe::Stripe, mail::Mailer};
 
 use super::{
     Handler, JobContext, Registry, Schedule,
@@ -78,6 +78,7 @@ fn hostname() -> String {
 pub struct Worker {
     db: PgPool,
     mailer: Mailer,
+    stripe: Option<Stripe>,
     registry: Arc<Registry>,
     schedule: Schedule,
     config: Arc<WorkerConfig>,
@@ -94,10 +95,18 @@ impl Worker {
         Self {
             db,
             mailer,
+            stripe: None,
             registry: Arc::new(registry),
             schedule,
             config: Arc::new(config),
         }
+    }
+
+    /// The Stripe client jobs reach through [`JobContext::stripe`] (none: billing is not
+    /// configured).
+    pub fn with_stripe(mut self, stripe: Option<Stripe>) -> Self {
+        self.stripe = stripe;
+        self
     }
 
     /// Runs until `shutdown`; then claims nothing more and waits for the running jobs.
@@ -105,6 +114,7 @@ impl Worker {
         let Self {
             db,
             mailer,
+            stripe,
             registry,
             schedule,
             config,
@@ -146,6 +156,7 @@ impl Worker {
                             let run = execute(
                                 db.clone(),
                                 mailer.clone(),
+                                stripe.clone(),
                                 Arc::clone(&registry),
                                 Arc::clone(&config),
                                 job,
@@ -272,6 +283,7 @@ async fn recv(listener: &mut Option<PgListener>) -> bool {
 async fn execute(
     db: PgPool,
     mailer: Mailer,
+    stripe: Option<Stripe>,
     registry: Arc<Registry>,
     config: Arc<WorkerConfig>,
     job: ClaimedJob,
@@ -282,6 +294,7 @@ async fn execute(
         let context = JobContext {
             db: db.clone(),
             mailer,
+            stripe,
             job_id: job.id,
             attempt: job.attempts,
         };

@@ -107,7 +107,7 @@ impl Mailer {
 
     /// The absolute URL of `path` (with its query) on this site, for a link in an email.
     pub fn link(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url.as_str().trim_end_matches('/'))
+        crate::config::absolute_url(&self.base_url, path)
     }
 
     /// Sends `email` to `to` now, outside the outbox (for `keel send-test-email`).

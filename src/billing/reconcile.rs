@@ -1,0 +1,209 @@
+//! Reconciliation: compare every subscription in Stripe with keel's copy and repair the
+//! difference. Webhooks are how keel learns of changes; this is the backstop for the change
+//! they never told (an endpoint misconfigured for a day, an event that failed 25 times, a
+//! row edited by hand). Run daily by the worker and by `keel stripe reconcile`.
+//!
+//! Stripe's state is stored as of the moment the page was asked for, through the same guarded
+//! write as events: a webhook newer than the listing still wins, an older one arriving later
+//! still loses. Each repair is written to `billing_audit_log` (before and after) and counted
+//! in `keel_stripe_reconcile_repairs_total{action}`. Dunning columns are left to the invoice
+//! events, and subscriptions Stripe does not list are reported, never deleted (a test-mode key
+//! against a live database lists nothing).
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use super::{
+    events::{SubscriptionFacts, team_of},
+    stripe::{Patience, Stripe},
+};
+use crate::jobs::{Job, JobContext};
+
+/// Stripe's largest page.
+const PAGE_SIZE: &str = "100";
+
+/// What a reconciliation found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Subscriptions Stripe listed.
+    pub checked: u64,
+    /// Listed by Stripe, unknown to keel, now stored.
+    pub created: u64,
+    /// Known to keel with other facts than Stripe's, now corrected.
+    pub updated: u64,
+    /// Listed by Stripe, but no team could be found for them (customer not linked, no
+    /// `team_id` in the metadata): left alone.
+    pub unmatched: u64,
+    /// Known to keel, not listed by Stripe.
+    pub missing_in_stripe: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "checked {} subscriptions in Stripe: {} repaired ({} created, {} updated), {} without a team, {} known here but not in Stripe",
+            self.checked,
+            self.created + self.updated,
+            self.created,
+            self.updated,
+            self.unmatched,
+            self.missing_in_stripe,
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    data: Vec<Value>,
+    has_more: bool,
+}
+
+/// Pages through `GET /v1/subscriptions?status=all` and repairs every drift.
+pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> {
+    let mut summary = Summary::default();
+    let mut seen: Vec<String> = Vec::new();
+    let mut starting_after: Option<String> = None;
+    loop {
+        let mut query = vec![("status", "all".to_owned()), ("limit", PAGE_SIZE.to_owned())];
+        if let Some(last) = &starting_after {
+            query.push(("starting_after", last.clone()));
+        }
+        let as_of = OffsetDateTime::now_utc();
+        let page: Page = stripe
+            .get(
+                "subscription.list",
+                "/v1/subscriptions",
+                &query,
+                Patience::Background,
+            )
+            .await?;
+        for subscription in &page.data {
+            let facts = match SubscriptionFacts::read(subscription) {
+                Ok(facts) => facts,
+                Err(error) => {
+                    tracing::warn!(%error, "an unreadable subscription in Stripe's list: skipped");
+                    continue;
+                }
+            };
+            summary.checked += 1;
+            seen.push(facts.id.to_owned());
+            match repair(db, &facts, subscription, as_of).await? {
+                Repair::None => {}
+                Repair::Created => summary.created += 1,
+                Repair::Updated => summary.updated += 1,
+                Repair::NoTeam => summary.unmatched += 1,
+            }
+        }
+        starting_after = page.data.last().and_then(|s| s["id"].as_str()).map(str::to_owned);
+        if !page.has_more || starting_after.is_none() {
+            break;
+        }
+    }
+    let missing = sqlx::query_scalar!("SELECT id FROM subscriptions WHERE id <> ALL($1)", &seen)
+        .fetch_all(db)
+        .await?;
+    if !missing.is_empty() {
+        tracing::warn!(subscriptions = ?missing, "keel holds subscriptions Stripe does not list (another Stripe account or mode?)");
+    }
+    summary.missing_in_stripe = missing.len() as u64;
+    Ok(summary)
+}
+
+enum Repair {
+    None,
+    Created,
+    Updated,
+    NoTeam,
+}
+
+/// One subscription: compared under a row lock, corrected and audited in one transaction.
+async fn repair(
+    db: &PgPool,
+    facts: &SubscriptionFacts<'_>,
+    object: &Value,
+    as_of: OffsetDateTime,
+) -> anyhow::Result<Repair> {
+    let mut tx = db.begin().await?;
+    let local = sqlx::query!(
+        "SELECT team_id, customer_id, status, price_id, current_period_end, cancel_at_period_end, trial_end
+         FROM subscriptions WHERE id = $1 FOR UPDATE",
+        facts.id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let before = local.as_ref().map(|row| {
+        SubscriptionFacts {
+            id: facts.id,
+            customer: &row.customer_id,
+            status: &row.status,
+            price_id: row.price_id.as_deref(),
+            current_period_end: row.current_period_end,
+            cancel_at_period_end: row.cancel_at_period_end,
+            trial_end: row.trial_end,
+        }
+        .to_json()
+    });
+    let after = facts.to_json();
+    if before.as_ref() == Some(&after) {
+        return Ok(Repair::None);
+    }
+    let team = match &local {
+        Some(row) => row.team_id,
+        None => match team_of(&mut tx, facts.id, facts.customer, object).await {
+            Ok(team) => team,
+            Err(error) => {
+                tracing::warn!(subscription = facts.id, error = %error, "a subscription in Stripe with no team here: left alone");
+                return Ok(Repair::NoTeam);
+            }
+        },
+    };
+    if !facts.store(&mut tx, team, as_of).await? {
+        // A webhook newer than the listing got there first.
+        return Ok(Repair::None);
+    }
+    let action = if before.is_some() { "updated" } else { "created" };
+    sqlx::query!(
+        "INSERT INTO billing_audit_log (source, action, subscription_id, team_id, before, after)
+         VALUES ('reconcile', $1, $2, $3, $4, $5)",
+        action,
+        facts.id,
+        team,
+        before,
+        after,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("keel_stripe_reconcile_repairs_total", "action" => action).increment(1);
+    tracing::warn!(subscription = facts.id, %team, action, ?before, %after, "reconciliation repaired a subscription");
+    Ok(if before.is_some() {
+        Repair::Updated
+    } else {
+        Repair::Created
+    })
+}
+
+/// The daily reconciliation (see `jobs::schedule`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReconcileSubscriptions;
+
+impl Job for ReconcileSubscriptions {
+    const KIND: &'static str = "stripe.reconcile";
+    const MAX_ATTEMPTS: i32 = 3;
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+    async fn run(self, context: JobContext) -> anyhow::Result<()> {
+        let Some(stripe) = &context.stripe else {
+            tracing::info!("STRIPE_SECRET_KEY is not set: nothing to reconcile");
+            return Ok(());
+        };
+        let summary = reconcile(&context.db, stripe).await?;
+        tracing::info!(%summary, "reconciled subscriptions with Stripe");
+        Ok(())
+    }
+}

@@ -1,0 +1,696 @@
+//! Calls to Stripe end to end: checkout, the portal, prices on `/pricing`, reconciliation and
+//! what the pages do while Stripe is failing or hanging. Stripe is the tests' fake
+//! ([`FakeStripe`]), spoken to over HTTP exactly as the real one.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use hmac::{KeyInit as _, Mac as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    fake_stripe::{FakeStripe, Mode},
+    helpers::{TestApp, database_server_url, run_keel_async, spawn_app_with, wait_until},
+    visitor::Visitor,
+};
+
+const SECRET_KEY: &str = "sk_test_keel_stripe_tests";
+const WEBHOOK_SECRET: &str = "whsec_stripe_tests";
+const PRO: &str = "price_1SaaSTestMonthly000000A1";
+const TEAM: &str = "price_1SaaSTestYearly0000000B2";
+const PASSWORD: &str = "correct horse battery";
+
+/// The app wired to a fake Stripe, once the first attempt of its start-up reconciliation (the
+/// daily job's first run, against the empty fake) is over, so that it cannot take a failure
+/// meant for a test.
+async fn app_with_stripe(fake: &FakeStripe) -> TestApp {
+    let url = fake.url();
+    let app = spawn_app_with(|env| {
+        env.insert("STRIPE_SECRET_KEY", SECRET_KEY.into());
+        env.insert("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.into());
+        env.insert("STRIPE_API_BASE", url);
+        env.insert("STRIPE_PRICES", format!("pro={PRO},team={TEAM}"));
+    })
+    .await;
+    // Scheduled, and its first attempt over (done, or failed and waiting to retry).
+    wait_for_count(
+        &app,
+        "the start-up reconciliation",
+        "SELECT (SELECT count(*) FROM jobs WHERE kind = 'stripe.reconcile' AND (attempts = 0 OR status = 'running'))
+              + 1 - (SELECT count(*) FROM job_schedules WHERE name = 'reconcile-subscriptions')",
+        0,
+    )
+    .await;
+    app
+}
+
+/// Polls the count `sql` returns in the app's database until it is `want` (20 s at most).
+async fn wait_for_count(app: &TestApp, what: &str, sql: &'static str, want: i64) {
+    let pool = sqlx::PgPool::connect(&app.database.url()).await.unwrap();
+    wait_until(what, Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let count: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+            if count == want {
+                Ok(())
+            } else {
+                Err(format!("{count}, not {want}"))
+            }
+        }
+    })
+    .await;
+}
+
+/// The environment of `keel stripe …` run against the app's database and the fake.
+fn cli_env(app: &TestApp, fake: &FakeStripe) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "DATABASE_URL",
+            format!("{}/{}", database_server_url(), app.database.name),
+        ),
+        ("STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
+        ("STRIPE_API_BASE", fake.url()),
+        ("APP_ENV", "development".to_owned()),
+    ]
+}
+
+async fn signed_up<'a>(app: &'a TestApp, email: &str) -> Visitor<'a> {
+    let mut visitor = Visitor::new(app);
+    let page = visitor
+        .submit("/signup", "/signup", &[("email", email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    visitor
+}
+
+async fn team_of(app: &TestApp, email: &str) -> Uuid {
+    let mut db = app.database.connect().await;
+    sqlx::query_scalar(
+        "SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = $1",
+    )
+    .bind(email)
+    .fetch_one(&mut db)
+    .await
+    .unwrap()
+}
+
+async fn stored_customer(app: &TestApp, team: Uuid) -> Option<String> {
+    let mut db = app.database.connect().await;
+    sqlx::query_scalar("SELECT stripe_customer_id FROM teams WHERE id = $1")
+        .bind(team)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn checkout_sends_the_team_to_stripe_with_one_customer_for_good() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "owner@example.com").await;
+    let team = team_of(&app, "owner@example.com").await;
+
+    let billing = owner.get("/billing").await;
+    assert!(billing.body.contains("Subscribe to Pro"), "{}", billing.body);
+    let first = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+    assert!(
+        first
+            .location()
+            .starts_with("https://checkout.stripe.com/c/pay/cs_test_"),
+        "{}",
+        first.location()
+    );
+
+    let requests = fake.requests();
+    let created = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/v1/customers")
+        .expect("a customer was created");
+    assert_eq!(
+        created.idempotency_key.as_deref(),
+        Some(format!("keel-customer-{team}").as_str())
+    );
+    assert_eq!(created.param("email"), Some("owner@example.com"));
+    assert_eq!(
+        created.param("metadata[team_id]"),
+        Some(team.to_string().as_str())
+    );
+    let session = requests
+        .iter()
+        .find(|r| r.path == "/v1/checkout/sessions")
+        .expect("a checkout session was created");
+    assert_eq!(
+        session.authorization.as_deref(),
+        Some(format!("Bearer {SECRET_KEY}").as_str())
+    );
+    assert_eq!(session.stripe_version.as_deref(), Some("2025-03-31.basil"));
+    assert!(
+        session
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with("keel-checkout-"))
+    );
+    let customer = stored_customer(&app, team).await.expect("the customer is kept");
+    for (key, expected) in [
+        ("mode", "subscription"),
+        ("customer", customer.as_str()),
+        ("client_reference_id", &team.to_string()),
+        ("line_items[0][price]", PRO),
+        ("line_items[0][quantity]", "1"),
+        ("subscription_data[metadata][team_id]", &team.to_string()),
+        ("cancel_url", "http://127.0.0.1/pricing"),
+        (
+            "success_url",
+            "http://127.0.0.1/billing?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+        ),
+    ] {
+        assert_eq!(session.param(key), Some(expected), "{key}");
+    }
+
+    // Another checkout (a change of mind before paying) reuses the customer.
+    let second = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "team")])
+        .await;
+    assert_eq!(second.status, StatusCode::SEE_OTHER);
+    assert_eq!(fake.count("POST", "/v1/customers"), 1);
+    let sessions: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/checkout/sessions")
+        .collect();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[1].param("customer"), Some(customer.as_str()));
+    assert_eq!(sessions[1].param("line_items[0][price]"), Some(TEAM));
+    assert_ne!(sessions[0].idempotency_key, sessions[1].idempotency_key);
+
+    // Back from Stripe before the webhooks: thanked, not told to subscribe.
+    let back = owner.get("/billing?checkout=success&session_id=cs_test_1").await;
+    assert!(back.body.contains("Your payment went through"), "{}", back.body);
+}
+
+#[tokio::test]
+async fn racing_checkouts_of_a_new_team_make_one_customer() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "racer@example.com").await;
+    let token = owner.get("/billing").await.csrf_token();
+    let cookie = owner.cookie_header();
+    let checkouts = (0..6).map(|_| {
+        app.client
+            .post(app.url("/billing/checkout"))
+            .header("cookie", &cookie)
+            .form(&[("plan", "pro"), ("csrf_token", &token)])
+            .send()
+    });
+    for response in join_all(checkouts).await {
+        assert_eq!(response.unwrap().status(), StatusCode::SEE_OTHER);
+    }
+    let customers: std::collections::HashSet<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/checkout/sessions")
+        .map(|r| r.param("customer").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        customers.len(),
+        1,
+        "every checkout used the same customer: {customers:?}"
+    );
+    let team = team_of(&app, "racer@example.com").await;
+    assert_eq!(
+        stored_customer(&app, team).await.as_ref(),
+        customers.iter().next()
+    );
+    // And Stripe holds one customer: every create carried the team's idempotency key.
+    let keys: std::collections::HashSet<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/customers")
+        .map(|r| r.idempotency_key)
+        .collect();
+    assert_eq!(keys, [Some(format!("keel-customer-{team}"))].into());
+}
+
+#[tokio::test]
+async fn checkout_refuses_what_it_must() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+
+    // Not signed in: to the login page, nothing asked of Stripe.
+    let mut stranger = Visitor::new(&app);
+    let token = stranger.get("/login").await.csrf_token();
+    let page = stranger
+        .post("/billing/checkout", &[("plan", "pro"), ("csrf_token", &token)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(page.location().starts_with("/login"), "{}", page.location());
+
+    let mut owner = signed_up(&app, "careful@example.com").await;
+    let no_token = owner.post("/billing/checkout", &[("plan", "pro")]).await;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+    let unknown = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "gold")])
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(
+        unknown.body.contains("There is no plan called"),
+        "{}",
+        unknown.body
+    );
+    let missing = owner.submit("/billing", "/billing/checkout", &[]).await;
+    assert!(missing.status.is_client_error(), "{}", missing.status);
+    assert_eq!(fake.count("POST", "/v1/checkout/sessions"), 0);
+
+    // A team already subscribed changes plans in the portal: a second checkout would charge twice.
+    let team = team_of(&app, "careful@example.com").await;
+    let mut db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
+         VALUES ('sub_existing', $1, 'cus_existing', 'active', $2, now())",
+    )
+    .bind(team)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let twice = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "team")])
+        .await;
+    assert_eq!(twice.status, StatusCode::CONFLICT);
+    assert!(
+        twice.body.contains("already has a subscription"),
+        "{}",
+        twice.body
+    );
+    assert_eq!(fake.count("POST", "/v1/checkout/sessions"), 0);
+}
+
+#[tokio::test]
+async fn the_portal_opens_for_a_team_with_a_customer() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "portal@example.com").await;
+
+    // Never checked out: nothing to manage, shown the plans.
+    let early = owner.submit("/billing", "/billing/portal", &[]).await;
+    assert_eq!(early.status, StatusCode::SEE_OTHER);
+    assert_eq!(early.location(), "/pricing");
+    assert_eq!(fake.count("POST", "/v1/billing_portal/sessions"), 0);
+
+    owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    let team = team_of(&app, "portal@example.com").await;
+    let customer = stored_customer(&app, team).await.unwrap();
+    let portal = owner.submit("/billing", "/billing/portal", &[]).await;
+    assert_eq!(portal.status, StatusCode::SEE_OTHER);
+    assert!(
+        portal
+            .location()
+            .starts_with("https://billing.stripe.com/p/session/"),
+        "{}",
+        portal.location()
+    );
+    let request = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/v1/billing_portal/sessions")
+        .unwrap();
+    assert_eq!(request.param("customer"), Some(customer.as_str()));
+    assert_eq!(request.param("return_url"), Some("http://127.0.0.1/billing"));
+    assert!(request.idempotency_key.is_some());
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_with_the_same_idempotency_key() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "retry@example.com").await;
+    let token = owner.get("/billing").await.csrf_token();
+
+    fake.set_mode(Mode::FailNext(1));
+    let page = owner
+        .post("/billing/checkout", &[("plan", "pro"), ("csrf_token", &token)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let creates: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/customers")
+        .collect();
+    assert_eq!(creates.len(), 2, "the 500 was retried");
+    assert_eq!(creates[0].idempotency_key, creates[1].idempotency_key);
+}
+
+/// The signed `Stripe-Signature` header for `body`, now.
+fn signature(body: &str) -> String {
+    let t = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn while_stripe_is_down_pages_answer_fast_and_webhooks_still_ingest() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "outage@example.com").await;
+    let token = owner.get("/billing").await.csrf_token();
+    let checkout = [("plan", "pro"), ("csrf_token", token.as_str())];
+
+    // Hanging: the page gives up after ~2 s with a page that says what happened.
+    fake.set_mode(Mode::Hang);
+    let started = Instant::now();
+    let page = owner.post("/billing/checkout", &checkout).await;
+    let waited = started.elapsed();
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.body.contains("Nothing was charged"), "{}", page.body);
+    assert!(page.headers.contains_key("retry-after"));
+    assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
+
+    // Failing: retried a little, then the circuit opens and pages stop waiting at all.
+    fake.set_mode(Mode::Fail(500));
+    for _ in 0..3 {
+        let page = owner.post("/billing/checkout", &checkout).await;
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let asked = fake.requests().len();
+    let started = Instant::now();
+    let page = owner.post("/billing/checkout", &checkout).await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        fake.requests().len(),
+        asked,
+        "the open circuit asked Stripe nothing"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("keel_stripe_circuit_open 1"), "{metrics}");
+    assert!(metrics.contains("outcome=\"circuit_open\""), "{metrics}");
+
+    // The pricing page still shows the plans, by name.
+    let pricing = owner.get("/pricing").await;
+    assert_eq!(pricing.status, StatusCode::OK);
+    assert!(pricing.body.contains("Choose Pro") && pricing.body.contains("Price shown at checkout"));
+
+    // Webhooks need no call to Stripe: still stored and acknowledged.
+    let event = json!({"id": "evt_during_outage", "object": "event", "type": "customer.updated",
+                       "created": 1_700_000_000, "livemode": false, "data": {"object": {"id": "cus_x"}}})
+    .to_string();
+    let delivered = app
+        .client
+        .post(app.url("/webhooks/stripe"))
+        .header("stripe-signature", signature(&event))
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), StatusCode::OK);
+
+    // Stripe is back: after the cooldown one trial call closes the circuit.
+    fake.set_mode(Mode::Normal);
+    tokio::time::sleep(keel::billing::stripe::BREAKER_COOLDOWN).await;
+    let page = owner.post("/billing/checkout", &checkout).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("keel_stripe_circuit_open 0"), "{metrics}");
+}
+
+/// Reads the app's cached price list straight from Redis.
+async fn cached_prices(app: &TestApp) -> Option<String> {
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(format!("keel_test:{}:stripe:prices:v1", app.database.name))
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pricing_shows_stripe_amounts_cached_and_the_last_known_while_stripe_is_down() {
+    let fake = FakeStripe::start().await;
+    fake.add_price(PRO, 1200, "usd", "month");
+    fake.add_price(TEAM, 9900, "eur", "year");
+    let app = app_with_stripe(&fake).await;
+
+    let page = app.get("/pricing").await.text().await.unwrap();
+    assert!(page.contains("$12.00 per month"), "{page}");
+    assert!(page.contains("€99.00 per year"), "{page}");
+    let again = app.get("/pricing").await.text().await.unwrap();
+    assert!(again.contains("$12.00 per month"));
+    assert_eq!(
+        fake.count("GET", &format!("/v1/prices/{PRO}")),
+        1,
+        "served from the cache"
+    );
+    let cached = cached_prices(&app).await.expect("the prices are in Redis");
+    assert!(cached.contains("\"unit_amount\":1200"), "{cached}");
+
+    // Another instance, Stripe down, nothing in its Redis: plan names only.
+    let broken = FakeStripe::start().await;
+    broken.set_mode(Mode::Fail(503));
+    let other = app_with_stripe(&broken).await;
+    let names = other.get("/pricing").await.text().await.unwrap();
+    assert!(
+        names.contains("Choose Pro") && names.contains("Price shown at checkout"),
+        "{names}"
+    );
+    assert!(!names.contains("$12.00"));
+
+    // The same instance once a price list is in its Redis, hours old: shown rather than nothing.
+    let mut stale: Value = serde_json::from_str(&cached).unwrap();
+    stale["fetched_at"] = json!(time::OffsetDateTime::now_utc().unix_timestamp() - 5 * 3600);
+    let client = redis::Client::open(crate::helpers::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("keel_test:{}:stripe:prices:v1", other.database.name))
+        .arg(stale.to_string())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let last_known = other.get("/pricing").await.text().await.unwrap();
+    assert!(last_known.contains("$12.00 per month"), "{last_known}");
+}
+
+/// A subscription as Stripe lists it (basil shape: the period on the item).
+fn stripe_subscription(id: &str, customer: &str, status: &str, price: &str, team: Option<Uuid>) -> Value {
+    json!({
+        "id": id, "object": "subscription", "customer": customer, "status": status,
+        "cancel_at_period_end": false, "created": 1_763_000_000, "livemode": false,
+        "metadata": team.map_or(json!({}), |team| json!({"team_id": team.to_string()})),
+        "items": {"object": "list", "data": [{
+            "id": format!("si_{id}"), "object": "subscription_item",
+            "current_period_end": 1_795_000_000, "current_period_start": 1_763_000_000,
+            "price": {"id": price, "object": "price"}
+        }]}
+    })
+}
+
+#[tokio::test]
+async fn reconcile_repairs_drift_the_webhooks_never_reported() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "drift@example.com").await;
+    let team = team_of(&app, "drift@example.com").await;
+    let _other = signed_up(&app, "missed@example.com").await;
+    let other_team = team_of(&app, "missed@example.com").await;
+    let mut db = app.database.connect().await;
+    // keel believes the owner's team is active; Stripe canceled it (the webhook was lost).
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end, state_as_of)
+         VALUES ('sub_drifted', $1, 'cus_drift', 'active', $2, to_timestamp(1795000000), now() - interval '1 day')",
+    )
+    .bind(team)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(owner.get("/pro").await.status, StatusCode::OK);
+    fake.put_subscription(stripe_subscription(
+        "sub_drifted",
+        "cus_drift",
+        "canceled",
+        PRO,
+        None,
+    ));
+    // A subscription whose every event was lost; its metadata names the team.
+    fake.put_subscription(stripe_subscription(
+        "sub_missed",
+        "cus_missed",
+        "active",
+        TEAM,
+        Some(other_team),
+    ));
+    // More than one page (Stripe's pages hold at most 100) of subscriptions of no team here.
+    for n in 0..101 {
+        fake.put_subscription(stripe_subscription(
+            &format!("sub_stranger{n}"),
+            "cus_stranger",
+            "active",
+            PRO,
+            None,
+        ));
+    }
+
+    let env = cli_env(&app, &fake);
+    let (code, output) = run_keel_async(&["stripe", "reconcile"], env.clone()).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(
+            "checked 103 subscriptions in Stripe: 2 repaired (1 created, 1 updated), 101 without a team, 0 known here but not in Stripe"
+        ),
+        "{output}"
+    );
+    let pages: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/subscriptions")
+        .collect();
+    let last = pages.last().unwrap();
+    assert_eq!(last.param("status"), Some("all"));
+    assert_eq!(
+        last.param("starting_after"),
+        Some("sub_stranger97"),
+        "paged on after the first 100"
+    );
+
+    let status: String = sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = 'sub_drifted'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(status, "canceled");
+    let found: (Uuid, String) =
+        sqlx::query_as("SELECT team_id, status FROM subscriptions WHERE id = 'sub_missed'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(found, (other_team, "active".to_owned()));
+    let audit: Vec<(String, String, Option<Value>, Value)> = sqlx::query_as(
+        "SELECT subscription_id, action, before, after FROM billing_audit_log ORDER BY subscription_id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(
+        (audit[0].0.as_str(), audit[0].1.as_str()),
+        ("sub_drifted", "updated")
+    );
+    assert_eq!(audit[0].2.as_ref().unwrap()["status"], "active");
+    assert_eq!(audit[0].3["status"], "canceled");
+    assert_eq!(
+        (audit[1].0.as_str(), audit[1].1.as_str(), &audit[1].2),
+        ("sub_missed", "created", &None)
+    );
+    // Access follows Stripe now.
+    let pro = owner.get("/pro").await;
+    assert_eq!((pro.status, pro.location()), (StatusCode::SEE_OTHER, "/billing"));
+
+    // Nothing left to repair; a row Stripe does not know is reported, not deleted.
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, state_as_of)
+         VALUES ('sub_only_here', $1, 'cus_x', 'active', now())",
+    )
+    .bind(other_team)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (code, output) = run_keel_async(&["stripe", "reconcile"], env).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(
+            "0 repaired (0 created, 0 updated), 101 without a team, 1 known here but not in Stripe"
+        ),
+        "{output}"
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE id = 'sub_only_here'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+}
+
+#[tokio::test]
+async fn reconciliation_never_undoes_a_newer_webhook() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let _owner = signed_up(&app, "newer@example.com").await;
+    let team = team_of(&app, "newer@example.com").await;
+    let mut db = app.database.connect().await;
+    // An event from a minute in the future (as seen from the listing) already applied.
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
+         VALUES ('sub_newer', $1, 'cus_newer', 'past_due', $2, now() + interval '1 minute')",
+    )
+    .bind(team)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    fake.put_subscription(stripe_subscription("sub_newer", "cus_newer", "active", PRO, None));
+    let env = cli_env(&app, &fake);
+    let (code, output) = run_keel_async(&["stripe", "reconcile"], env).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("0 repaired"), "{output}");
+    let status: String = sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = 'sub_newer'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(status, "past_due");
+}
+
+#[tokio::test]
+async fn the_daily_job_reconciles_and_counts_its_repairs() {
+    let fake = FakeStripe::start().await;
+    let url = fake.url();
+    let app = spawn_app_with(|env| {
+        env.insert("STRIPE_SECRET_KEY", SECRET_KEY.into());
+        env.insert("STRIPE_API_BASE", url);
+    })
+    .await;
+    let _owner = signed_up(&app, "daily@example.com").await;
+    let team = team_of(&app, "daily@example.com").await;
+    fake.put_subscription(stripe_subscription(
+        "sub_daily",
+        "cus_daily",
+        "active",
+        PRO,
+        Some(team),
+    ));
+    // The next period's run (the schedule's bookkeeping set back a day).
+    wait_for_count(
+        &app,
+        "the first scheduled run, then its period set back a day",
+        "WITH moved AS (
+             UPDATE job_schedules SET last_period = last_period - interval '1 day'
+             WHERE name = 'reconcile-subscriptions'
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE kind = 'stripe.reconcile')
+             RETURNING 1)
+         SELECT count(*) FROM moved",
+        1,
+    )
+    .await;
+    wait_for_count(
+        &app,
+        "the repair",
+        "SELECT count(*) FROM billing_audit_log WHERE subscription_id = 'sub_daily'",
+        1,
+    )
+    .await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("keel_stripe_reconcile_repairs_total{action=\"created\"}"),
+        "{metrics}"
+    );
+}
