@@ -113,6 +113,11 @@ db_admin() {
     psql "$DB_SERVER/postgres" -X -q -v ON_ERROR_STOP=1 -c "$1"
 }
 
+# bench_sql SQL: one value from keel's bench database.
+bench_sql() {
+    psql "$DB_SERVER/$BENCH_DB?sslmode=disable" -X -q -t -A -v ON_ERROR_STOP=1 -c "$1"
+}
+
 # Reads a field (in KiB) from /proc/PID/status and prints it in MiB.
 proc_mib() {
     local pid=$1 field=$2 kib
@@ -275,6 +280,8 @@ else
     SECRET_KEY=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')
 fi
 
+WEBHOOK_SECRET="whsec_bench_$SECRET_KEY"
+
 # ------------------------------------------------------------------- keel ---
 
 KEEL_PORT=$(free_port)
@@ -296,6 +303,7 @@ start_keel() {
         DATABASE_URL="$DB_SERVER/$BENCH_DB?sslmode=disable" \
         REDIS_URL="$REDIS_URL" \
         SECRET_KEY="$SECRET_KEY" \
+        STRIPE_WEBHOOK_SECRET="$WEBHOOK_SECRET" \
         RATE_LIMIT_PER_SECOND=1000000 \
         RATE_LIMIT_BURST=1000000 \
         AUTH_RATE_LIMIT_PER_MINUTE=1000000 \
@@ -374,7 +382,19 @@ status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H "Cookie: $SESSI
 run_wrk dashboard "$KEEL_URL/dashboard" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
 
 # Logins: a wrk script posting the login form (right password: each one hashes and starts a
-# session). The CSRF token is bound to the browser cookie fetched here.
+# session). The CSRF token is bound to the browser cookie fetched here. Each attempt is
+# counted against its account before the hash (the per-account backoff locks an account
+# after 5 attempts in flight or failed), so the logins rotate over 16 accounts: at most a few
+# in flight per account, as with real users.
+LOGIN_ACCOUNTS=16
+for n in $(seq 0 $((LOGIN_ACCOUNTS - 1))); do
+    rm -f "$JAR"
+    token=$(form_token /signup)
+    status=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -b "$JAR" -c "$JAR" \
+        --data-urlencode "email=login$n@example.com" --data-urlencode "password=$BENCH_PASSWORD" \
+        --data-urlencode "csrf_token=$token" "$KEEL_URL/signup")
+    [[ "$status" == 303 ]] || die "signing up login$n@example.com answered $status"
+done
 rm -f "$JAR"
 token=$(form_token /login)
 CSRF_COOKIE=$(awk '$6 == "keel_csrf" { print $6 "=" $7 }' "$JAR")
@@ -383,13 +403,24 @@ cat >"$WORK/login.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Cookie"] = "$CSRF_COOKIE"
-wrk.body = "email=bench%40example.com&password=bench+password+123&csrf_token=$token"
+local threads_seen = 0
+function setup(thread)
+    thread:set("id", threads_seen)
+    threads_seen = threads_seen + 1
+end
+local sent = 0
+function request()
+    sent = sent + 1
+    local account = (id * 8 + sent) % $LOGIN_ACCOUNTS
+    return wrk.format(nil, nil, nil,
+        "email=login" .. account .. "%40example.com&password=bench+password+123&csrf_token=$token")
+end
 LUA
 # A few connections: a login waits for a hashing thread, so 64 would only measure the queue.
 CONNECTIONS=8 run_wrk login "$KEEL_URL/login" "$KEEL_PID" -s "$WORK/login.lua"
 LOGIN_STATUS=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -H "Cookie: $CSRF_COOKIE" \
     -H 'Content-Type: application/x-www-form-urlencoded' \
-    --data "email=bench%40example.com&password=bench+password+123&csrf_token=$token" "$KEEL_URL/login")
+    --data "email=login0%40example.com&password=bench+password+123&csrf_token=$token" "$KEEL_URL/login")
 [[ "$LOGIN_STATUS" == 303 ]] || die "the bench login answers $LOGIN_STATUS, not 303"
 
 # /health while logins flood the server from a second wrk: hashing must not starve it.
@@ -399,6 +430,87 @@ FLOOD_PID=$!
 run_wrk health_flood "$KEEL_URL/health" "$KEEL_PID"
 wait "$FLOOD_PID" || true
 FLOOD_RPS=$(awk '$1 == "Requests/sec:" { printf "%.0f", $2 }' "$WORK/wrk-flood.txt")
+
+# ------------------------------------------------------------- webhooks ---
+
+# Distinct signed events (customer.subscription.updated, ~3 KB, each of its own
+# subscription), through verify + durable insert + enqueue, processed by keel's own worker
+# meanwhile. Each wrk invocation (warm-up, measured) takes the next STRIDE events of the file
+# (a cursor file read in wrk's setup), so no event is sent twice; the measured invocation's
+# events are ids STRIDE…2·STRIDE-1. The bench team owns the events' customer, so processing
+# does the real work (find the team, guarded upsert).
+STRIDE=$((8000 * (WARMUP + DURATION)))
+log "generating $((2 * STRIDE)) signed webhook events"
+python3 "$REPO_ROOT/bench/webhook_events.py" generate "$WEBHOOK_SECRET" "$((2 * STRIDE))" "$WORK"
+echo 0 >"$WORK/webhook-cursor"
+bench_sql "UPDATE teams SET stripe_customer_id = 'cus_SaaSTest00001A'
+           WHERE id = (SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id
+                       WHERE u.email = '$BENCH_EMAIL')" >/dev/null
+cat >"$WORK/webhook.lua" <<LUA
+local cursor_file, events_file, template_file = "$WORK/webhook-cursor", "$WORK/events.txt", "$WORK/template.json"
+-- setup runs in wrk's main Lua state; id, base and threads become globals of each thread's.
+local stride, threads_seen, first = $STRIDE, 0, 0
+function setup(thread)
+    if threads_seen == 0 then
+        local f = io.open(cursor_file); first = tonumber(f:read("*l")); f:close()
+        f = io.open(cursor_file, "w"); f:write(tostring(first + stride)); f:close()
+    end
+    thread:set("id", threads_seen); thread:set("base", first); thread:set("threads", $THREADS)
+    threads_seen = threads_seen + 1
+end
+local events, sent, template = {}, 0, nil
+function init(args)
+    local f = io.open(template_file); template = f:read("*a"); f:close()
+    local n = 0
+    for line in io.lines(events_file) do
+        if n >= base and n < base + stride and (n - base) % threads == id then
+            events[#events + 1] = line
+        end
+        n = n + 1
+    end
+end
+function request()
+    sent = sent + 1
+    local evt, sub, t, sig = events[(sent - 1) % #events + 1]:match("(%S+) (%S+) (%S+) (%S+)")
+    local body = template:gsub("@@EVT@@", evt):gsub("@@SUB@@", sub)
+    return wrk.format("POST", "/webhooks/stripe",
+        { ["Content-Type"] = "application/json", ["Stripe-Signature"] = "t=" .. t .. ",v1=" .. sig }, body)
+end
+LUA
+run_wrk webhook "$KEEL_URL/webhooks/stripe" "$KEEL_PID" -s "$WORK/webhook.lua"
+MEASURED_FROM=$(printf 'evt_benchw%08d' "$STRIDE")
+WEBHOOK_STORED=$(bench_sql "SELECT count(*) FROM stripe_events WHERE id LIKE 'evt_benchw%' AND id >= '$MEASURED_FROM'")
+WEBHOOK_EPS=$(calc '%.0f' "$WEBHOOK_STORED / $DURATION")
+log "webhooks: $WEBHOOK_STORED distinct events stored in ${DURATION}s; waiting for processing"
+drain_start_us=${EPOCHREALTIME/[.,]/}
+for _ in $(seq 1200); do
+    waiting=$(bench_sql "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+    ((waiting == 0)) && break
+    nap 0.25
+done
+((waiting == 0)) || die "$waiting webhook events still unprocessed after 300 s"
+WEBHOOK_DRAIN_S=$(calc '%.1f' "(${EPOCHREALTIME/[.,]/} - $drain_start_us) / 1000000")
+PROCESSED_EPS=$(bench_sql "SELECT round(count(*) / extract(epoch FROM max(processed_at) - min(received_at)))
+                           FROM stripe_events WHERE id LIKE 'evt_benchw%'")
+# latency_ms PATTERN PERCENTILE: ingest (stored) to processed, over the events whose ids match.
+latency_ms() {
+    bench_sql "SELECT round((percentile_cont($2) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)) * 1000)::numeric, 1)
+               FROM stripe_events WHERE id LIKE '$1'"
+}
+FLOOD_P50_MS=$(latency_ms 'evt_benchw%' 0.5)
+FLOOD_P99_MS=$(latency_ms 'evt_benchw%' 0.99)
+STEADY_RATE=50
+STEADY_COUNT=$((STEADY_RATE * DURATION))
+log "webhooks: $STEADY_COUNT more at $STEADY_RATE/s for ingest-to-processed latency"
+python3 "$REPO_ROOT/bench/webhook_events.py" steady "$KEEL_URL/webhooks/stripe" "$WEBHOOK_SECRET" "$STEADY_COUNT" "$STEADY_RATE"
+for _ in $(seq 240); do
+    waiting=$(bench_sql "SELECT count(*) FROM stripe_events WHERE processed_at IS NULL")
+    ((waiting == 0)) && break
+    nap 0.25
+done
+((waiting == 0)) || die "$waiting steady webhook events still unprocessed after 60 s"
+STEADY_P50_MS=$(latency_ms 'evt_benchs%' 0.5)
+STEADY_P99_MS=$(latency_ms 'evt_benchs%' 0.99)
 
 KEEL_PEAK_MIB=$(proc_mib "$KEEL_PID" VmHWM)
 BARE_PEAK_MIB=$(proc_mib "$BARE_PID" VmHWM)
@@ -419,7 +531,7 @@ row() {
 }
 
 FAILED_RUNS="none"
-for key in bare1 root health live bare2 dashboard login health_flood; do
+for key in bare1 root health live bare2 dashboard login health_flood webhook; do
     if ((NON2XX[$key] + SOCKET_ERRORS[$key] > 0)); then
         [[ "$FAILED_RUNS" == none ]] && FAILED_RUNS="WARNING:"
         FAILED_RUNS+=" $key (${NON2XX[$key]} non-2xx/3xx, ${SOCKET_ERRORS[$key]} socket errors)"
@@ -448,12 +560,15 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     row dashboard keel /dashboard '(signed in)'
     row login keel 'POST /login' '(argon2id m=19 MiB t=2 p=1)'
     row health_flood keel /health "(while logins flood: ${FLOOD_RPS} logins/s)"
+    row webhook keel 'POST /webhooks/stripe' "(distinct signed events: ${WEBHOOK_EPS} stored/s)"
     printf '| baseline (mean of bare runs, spread %s%%) | %s | | 1.00 | %s | 1.00 |\n' "$BARE_SPREAD" "$BASELINE" "$CPU_BASELINE"
     echo
     echo "- start to ready: ${KEEL_READY_MS} ms (spawn → first 200 from /health/live, database and migrations already in place, as on a restart; bare_hello: ${BARE_READY_MS} ms)"
     echo "- first start: ${KEEL_FIRST_READY_MS} ms (creates the database and applies every migration)"
     echo "- idle RSS: ${KEEL_IDLE_MIB} MiB (1 s after ready)"
     echo "- peak RSS: ${KEEL_PEAK_MIB} MiB (after all load runs; bare_hello: ${BARE_PEAK_MIB} MiB)"
+    echo "- webhook ingest: ${WEBHOOK_STORED} distinct events stored in ${DURATION} s = **${WEBHOOK_EPS} events/s** (verify + insert + enqueue, one commit each); processed by keel's worker at ${PROCESSED_EPS} events/s (all processed ${WEBHOOK_DRAIN_S} s after the flood ended)"
+    echo "- ingest to processed: p50 ${STEADY_P50_MS} ms, p99 ${STEADY_P99_MS} ms at a steady ${STEADY_RATE} events/s; during the flood (queueing behind it) p50 ${FLOOD_P50_MS} ms, p99 ${FLOOD_P99_MS} ms"
     echo "- failed requests: $FAILED_RUNS"
     echo "- machine: $(nproc) cores, Linux $(uname -r)"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -469,6 +584,7 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     echo "| keel \`/health\` p99 < 5 ms | ${P99_MS[health]} ms | $(pass_fail "${P99_MS[health]} < 5" health) |"
     echo "| keel \`/dashboard\` (signed in) ≥ 10k req/s | ${RPS[dashboard]} | $(pass_fail "${RPS[dashboard]} >= 10000" dashboard) |"
     echo "| keel \`/health\` p99 < 10 ms during a login flood | ${P99_MS[health_flood]} ms | $(pass_fail "${P99_MS[health_flood]} < 10" health_flood) |"
+    echo "| webhook ingest ≥ 3,000 distinct events/s | ${WEBHOOK_EPS} | $(pass_fail "$WEBHOOK_EPS >= 3000" webhook) |"
     echo "| idle RSS ≤ 15 MiB | ${KEEL_IDLE_MIB} MiB | $(pass_fail "$KEEL_IDLE_MIB <= 15") |"
     echo "| start to ready ≤ 100 ms | ${KEEL_READY_MS} ms | $(pass_fail "$KEEL_READY_MS <= 100") |"
 } >"$REPORT"

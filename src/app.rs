@@ -75,6 +75,7 @@ impl App {
         let state = AppState::new(Services {
             stripe: stripe.clone(),
             catalog,
+            job_waker: jobs::Waker::start(db.clone()),
             csrf: CsrfKey::new(&config.secret_key),
             cookies: CookieNames::new(config.base_url.scheme() == "https"),
             webhooks: (!config.stripe.webhook_secrets.is_empty()).then(|| {

@@ -87,9 +87,14 @@ pub struct ProcessStripeEvent {
     pub event_id: String,
 }
 
-/// Stores `envelope` with `body` (the raw, verified bytes) and queues its processing, in one
-/// transaction. A second delivery of the same event id changes nothing.
-pub async fn store(db: &PgPool, envelope: &Envelope, body: &[u8]) -> Result<Result<Stored, NotAnEvent>> {
+/// Stores `envelope` with `body` (the raw, verified bytes) and queues its processing,
+/// atomically. A second delivery of the same event id changes nothing.
+pub async fn store(
+    db: &PgPool,
+    waker: &jobs::Waker,
+    envelope: &Envelope,
+    body: &[u8],
+) -> Result<Result<Stored, NotAnEvent>> {
     let Ok(payload) = std::str::from_utf8(body) else {
         return Ok(Err(NotAnEvent::Malformed));
     };
@@ -97,29 +102,40 @@ pub async fn store(db: &PgPool, envelope: &Envelope, body: &[u8]) -> Result<Resu
         Ok(created) => created,
         Err(problem) => return Ok(Err(problem)),
     };
-    let mut tx = db.begin().await?;
-    let inserted = sqlx::query_scalar!(
-        "INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+    let job = jobs::NewJob::of(&ProcessStripeEvent {
+        event_id: envelope.id.clone(),
+    })?;
+    // One statement, so atomic without a transaction: the event and its job are stored
+    // together or not at all, in one round trip. A duplicate id inserts neither and returns
+    // no row. `quiet` turns the jobs trigger's NOTIFY off for this statement's transaction:
+    // with it, concurrent deliveries would commit one at a time (see jobs::Waker); the
+    // workers are woken after the commit instead.
+    let enqueued = sqlx::query_scalar!(
+        r#"WITH quiet AS (SELECT set_config('keel.jobs_notify', 'off', true)),
+                event AS (
+               INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (id) DO NOTHING
+               RETURNING id)
+           INSERT INTO jobs (kind, payload, max_attempts)
+           SELECT $7, $8, $9 FROM event, quiet
+           RETURNING id"#,
         envelope.id,
         envelope.kind,
         envelope.api_version,
         envelope.livemode,
         created,
         payload,
+        job.kind,
+        job.payload,
+        job.max_attempts,
     )
-    .fetch_optional(&mut *tx)
+    .fetch_optional(db)
     .await?;
-    if inserted.is_none() {
+    if enqueued.is_none() {
         return Ok(Ok(Stored::Duplicate));
     }
-    let job = ProcessStripeEvent {
-        event_id: envelope.id.clone(),
-    };
-    jobs::enqueue(&mut tx, &job).await?;
-    tx.commit().await?;
+    waker.wake();
     Ok(Ok(Stored::New))
 }
 

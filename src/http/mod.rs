@@ -46,6 +46,7 @@ use crate::{
     config::Config,
     error::AppError,
     health::HealthChecker,
+    jobs,
 };
 
 /// Largest body a form route accepts; larger gets 413.
@@ -74,6 +75,8 @@ pub struct Services {
     pub stripe: Option<Stripe>,
     /// The plans' prices for `/pricing`.
     pub catalog: Catalog,
+    /// Wakes the job workers after a commit that enqueued without the trigger's notify.
+    pub job_waker: jobs::Waker,
 }
 
 impl AppState {

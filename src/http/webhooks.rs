@@ -53,7 +53,7 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             return AppError::BadRequest(problem.to_string()).into_response();
         }
     };
-    match webhooks::store(&state.db, &envelope, &body).await {
+    match webhooks::store(&state.db, &state.job_waker, &envelope, &body).await {
         Ok(Ok(stored)) => {
             count(&envelope.kind, stored.as_str());
             tracing::info!(

@@ -15,6 +15,7 @@
 
 mod queue;
 mod schedule;
+mod waker;
 mod worker;
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -33,10 +34,11 @@ use crate::{
 };
 
 pub use queue::{
-    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, enqueue, enqueue_with,
-    list_failed, purge_dead, retry,
+    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, NewJob, enqueue,
+    enqueue_with, list_failed, purge_dead, retry,
 };
 pub use schedule::Schedule;
+pub use waker::Waker;
 pub use worker::{Backoff, Worker, WorkerConfig};
 
 /// A kind of background work. The value is the job's payload (JSON in the table).

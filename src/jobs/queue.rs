@@ -44,6 +44,25 @@ pub async fn enqueue_with<J: Job>(
     insert(conn, J::KIND, &to_payload(job)?, J::MAX_ATTEMPTS, options).await
 }
 
+/// A job's row, for a feature that inserts it in the same SQL statement as its own rows
+/// (one round trip, atomic without a transaction; see `billing::webhooks::store`). Columns
+/// not given take their defaults: queued, to run now, no key.
+pub struct NewJob {
+    pub kind: &'static str,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+}
+
+impl NewJob {
+    pub fn of<J: Job>(job: &J) -> anyhow::Result<Self> {
+        Ok(Self {
+            kind: J::KIND,
+            payload: to_payload(job)?,
+            max_attempts: J::MAX_ATTEMPTS,
+        })
+    }
+}
+
 pub(super) fn to_payload(job: &impl Serialize) -> anyhow::Result<serde_json::Value> {
     serde_json::to_value(job).context("serializing a job payload")
 }

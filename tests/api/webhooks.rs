@@ -256,3 +256,35 @@ async fn with_the_database_down_the_webhook_answers_503_quickly_so_stripe_retrie
         .unwrap();
     assert_eq!(count, 0, "nothing acknowledged, nothing stored");
 }
+
+/// Ingest wakes the workers after its commit (jobs::Waker), not from inside its transaction
+/// (the trigger's NOTIFY would make concurrent deliveries commit one at a time): a listening
+/// worker hears of each stored event at once, and of a redelivery not at all.
+#[tokio::test]
+async fn a_stored_event_wakes_the_workers_after_its_commit() {
+    let app = app_with_secret(SECRET).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&app.database.url())
+        .await
+        .unwrap();
+    listener.listen("keel_jobs").await.unwrap();
+    let body = shared_event("invoice.paid.json");
+    let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
+    assert!(
+        heard.is_ok_and(|n| n.is_ok()),
+        "no notification within 1 s of the delivery"
+    );
+
+    // Nothing in the statement's own transaction notified: only the waker's one arrived.
+    let again = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(again.is_err(), "a second notification: {again:?}");
+    // Other enqueues still notify from the trigger.
+    let mut db = app.database.connect().await;
+    sqlx::query("INSERT INTO jobs (kind, payload, max_attempts) VALUES ('test.other', '{}', 1)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
+    assert!(heard.is_ok_and(|n| n.is_ok()), "the trigger no longer notifies");
+}
