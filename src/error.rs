@@ -49,12 +49,20 @@ pub enum AppError {
     Internal(#[source] anyhow::Error),
 }
 
-/// Whether a database error means "the database is unreachable" (503) rather than a bug.
+/// Whether a database error means "the database is unreachable" (503) rather than a bug:
+/// no connection, or the server refusing work for a while (SQLSTATE class 08, connection
+/// exception; class 57, shutting down, starting up or a connection terminated by an
+/// administrator; 53300, too many connections).
 fn database_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed
-    )
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed => {
+            true
+        }
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57") || code == "53300"),
+        _ => false,
+    }
 }
 
 impl From<sqlx::Error> for AppError {
