@@ -312,3 +312,209 @@ async fn webhooks_during_a_postgres_restart_get_503_and_none_acknowledged_is_los
         acknowledged.len()
     );
 }
+
+/// `keel …` as a child process of the test, killed (SIGKILL) on drop.
+struct Keel(std::process::Child);
+
+impl Keel {
+    fn start(args: &[&str], env: &[(&'static str, String)]) -> Self {
+        let child = crate::helpers::keel_command(args, env.iter().cloned())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("keel starts");
+        Self(child)
+    }
+
+    fn kill_9(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reaped");
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// invoice.payment_failed (the shared basil event) for invoice `n` of `sub_kill`: each asks
+/// for one dunning email, `dunning:in_kill_<n>:1`.
+fn payment_failed(n: usize) -> (String, String) {
+    let path = format!(
+        "{}/../shared/stripe/events/invoice.payment_failed.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["id"] = json!(format!("evt_kill_{n}"));
+    event["created"] = json!(time::OffsetDateTime::now_utc().unix_timestamp());
+    let invoice = &mut event["data"]["object"];
+    invoice["id"] = json!(format!("in_kill_{n}"));
+    invoice["parent"]["subscription_details"]["subscription"] = json!("sub_kill");
+    let body = event.to_string();
+    let t = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    (
+        body,
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes())),
+    )
+}
+
+async fn deliver_to(client: &reqwest::Client, base: &str, n: usize) -> bool {
+    let (body, signature) = payment_failed(n);
+    client
+        .post(format!("{base}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == StatusCode::OK)
+}
+
+async fn wait_live(client: &reqwest::Client, base: &str) {
+    wait_until("keel to be live", Duration::from_secs(30), || async {
+        match client.get(format!("{base}/health/live")).send().await {
+            Ok(r) if r.status() == StatusCode::OK => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.status()))),
+        }
+    })
+    .await;
+}
+
+/// The whole app process killed with SIGKILL while it stores webhook events and sends their
+/// emails; a web process and two workers take over. Every event is processed and every email
+/// reaches the SMTP server, under one Message-ID each (see docs/RELIABILITY.md for the copies
+/// a crash between the server's acceptance and the commit leaves).
+// Multi-threaded, so that the tests' SMTP server answers while the test itself waits (as a
+// real one would): on one thread it would sit on messages the killed process had sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_webhooks_and_emails_in_flight_loses_nothing() {
+    const EVENTS: usize = 40;
+    let smtp = crate::smtp_server::FakeSmtp::start(crate::smtp_server::Behaviour::default()).await;
+    let database = crate::helpers::DatabaseGuard::new(crate::helpers::unique_database_name());
+    let env = |port: u16| -> Vec<(&'static str, String)> {
+        vec![
+            ("APP_ENV", "development".to_owned()),
+            ("BIND_ADDR", format!("127.0.0.1:{port}")),
+            ("DATABASE_URL", database.url()),
+            ("REDIS_URL", crate::helpers::redis_url()),
+            ("SMTP_URL", smtp.url()),
+            ("STRIPE_WEBHOOK_SECRET", SECRET.to_owned()),
+        ]
+    };
+    let client = crate::helpers::client();
+    let first_port = spare_port();
+    let first_base = format!("http://127.0.0.1:{first_port}");
+    let mut first = Keel::start(&["serve"], &env(first_port));
+    wait_live(&client, &first_base).await;
+
+    let db = sqlx::PgPool::connect(&database.url()).await.unwrap();
+    for statement in [
+        "INSERT INTO users (id, email, password_hash) VALUES ('00000000-0000-4000-8000-000000000001', 'owner@example.com', 'x')",
+        "INSERT INTO teams (id, name) VALUES ('00000000-0000-4000-8000-000000000002', 'Killed')",
+        "INSERT INTO memberships (team_id, user_id, role) VALUES ('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'owner')",
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, state_as_of)
+         VALUES ('sub_kill', '00000000-0000-4000-8000-000000000002', 'cus_kill', 'past_due', now())",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+
+    // Deliveries, and SIGKILL as soon as the first email is out: deliveries, processing jobs
+    // and email jobs are all under way.
+    let mut acknowledged = vec![false; EVENTS];
+    for (n, acked) in acknowledged.iter_mut().enumerate() {
+        *acked = deliver_to(&client, &first_base, n).await;
+        if !smtp.accepted().is_empty() {
+            break;
+        }
+    }
+    wait_until("the first email", Duration::from_secs(20), || async {
+        if smtp.accepted().is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    first.kill_9();
+    let killed_with = (acknowledged.iter().filter(|a| **a).count(), smtp.accepted().len());
+    assert!(
+        killed_with.1 < EVENTS,
+        "killed with emails left to send: {killed_with:?}"
+    );
+
+    // A web process and two workers take over; Stripe redelivers what was not acknowledged.
+    let second_port = spare_port();
+    let second_base = format!("http://127.0.0.1:{second_port}");
+    let _web = Keel::start(&["serve", "--no-worker"], &env(second_port));
+    let _workers = [
+        Keel::start(&["worker"], &env(spare_port())),
+        Keel::start(&["worker"], &env(spare_port())),
+    ];
+    wait_live(&client, &second_base).await;
+    for (n, acked) in acknowledged.iter().enumerate() {
+        if !acked {
+            assert!(deliver_to(&client, &second_base, n).await, "redelivery {n}");
+        }
+    }
+
+    // A killed worker's jobs come back when their 60 s lease runs out.
+    let started = Instant::now();
+    wait_until(
+        "every event processed and every email sent",
+        Duration::from_secs(100),
+        || async {
+            let processed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE processed_at IS NOT NULL")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM emails WHERE status = 'sent'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if processed as usize == EVENTS && sent as usize == EVENTS {
+                Ok(())
+            } else {
+                Err(format!("{processed} processed, {sent} sent"))
+            }
+        },
+    )
+    .await;
+    // Every email reached the server, under one Message-ID each. One the killed process had
+    // handed to the server but not yet marked sent is sent again, with the same Message-ID
+    // (receivers drop the copy): SMTP has no way to ask whether a message arrived.
+    let accepted = smtp.accepted();
+    let messages: std::collections::HashSet<_> = accepted.iter().map(|a| a.message_id.clone()).collect();
+    assert_eq!(messages.len(), EVENTS, "one email per event");
+    assert!(
+        accepted.len() - EVENTS <= 4,
+        "more copies ({}) than deliveries the killed process had in flight (4)",
+        accepted.len() - EVENTS
+    );
+    let emails: i64 = sqlx::query_scalar("SELECT count(*) FROM emails")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(emails as usize, EVENTS, "one email queued per (invoice, attempt)");
+    db.close().await;
+    eprintln!(
+        "RELIABILITY kill -9: killed with {} events acknowledged and {} emails out; all {EVENTS} processed and sent {:?} after the takeover; {} messages accepted for {} Message-IDs",
+        killed_with.0,
+        killed_with.1,
+        started.elapsed(),
+        accepted.len(),
+        messages.len()
+    );
+}
