@@ -594,3 +594,221 @@ mod tests {
         );
     }
 }
+
+/// Properties of the readers of `data.object`: any JSON at all is read without panicking, and
+/// the objects of both API shapes are read back as written.
+#[cfg(test)]
+pub(crate) mod properties {
+    use proptest::{collection::vec, prelude::*};
+    use serde_json::{Map, Number, json};
+
+    use super::*;
+
+    /// A key the readers look for, or any other.
+    fn key() -> impl Strategy<Value = String> {
+        let known = [
+            "id",
+            "customer",
+            "status",
+            "items",
+            "data",
+            "0",
+            "price",
+            "current_period_end",
+            "trial_end",
+            "cancel_at_period_end",
+            "subscription",
+            "parent",
+            "subscription_details",
+            "object",
+            "type",
+            "created",
+            "livemode",
+            "api_version",
+        ];
+        prop_oneof![
+            3 => prop::sample::select(known.to_vec()).prop_map(str::to_owned),
+            1 => vec(any::<char>(), 0..8).prop_map(String::from_iter),
+        ]
+    }
+
+    /// Any JSON value, biased towards the keys and shapes of Stripe objects.
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop_oneof![
+                Just(i64::MIN),
+                Just(i64::MAX),
+                Just(-377_705_116_800),
+                Just(253_402_300_799)
+            ]
+            .prop_map(Value::from),
+            key().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                vec((key(), inner), 0..6).prop_map(|entries| Value::Object(Map::from_iter(entries))),
+            ]
+        })
+    }
+
+    /// A pointer the readers use, or any other (with JSON-pointer escapes and junk).
+    fn pointer() -> impl Strategy<Value = String> {
+        let used = [
+            "/id",
+            "/customer",
+            "/subscription",
+            "/parent/subscription_details/subscription",
+            "/items/data/0/price/id",
+            "/current_period_end",
+            "/items/data/0/current_period_end",
+            "/trial_end",
+        ];
+        prop_oneof![
+            prop::sample::select(used.to_vec()).prop_map(str::to_owned),
+            vec(
+                prop_oneof![
+                    Just("/".to_owned()),
+                    Just("~".to_owned()),
+                    Just("~1".to_owned()),
+                    key()
+                ],
+                0..6
+            )
+            .prop_map(|pieces| pieces.concat()),
+        ]
+    }
+
+    /// An id as Stripe writes it: a string, or the expanded object in its place.
+    fn id_value(id: &str, expanded: bool) -> Value {
+        if expanded {
+            json!({ "id": id, "object": "expanded" })
+        } else {
+            Value::from(id)
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        vec(any::<char>(), 0..24).prop_map(String::from_iter)
+    }
+
+    /// A unix time `OffsetDateTime` can hold (years -9999 to 9999).
+    fn unix_time() -> impl Strategy<Value = i64> {
+        -377_705_116_800..=253_402_300_799_i64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the object (an event's `data.object` is attacker-shaped until verified,
+        /// and Stripe-shaped in any API version after), the readers answer without panicking.
+        #[test]
+        fn readers_never_panic_on_any_json(object in json_value(), pointer in pointer()) {
+            let _ = id_at(&object, &pointer);
+            let _ = time_at(&object, &pointer);
+            let _ = invoice_subscription(&object);
+            if let Ok(facts) = SubscriptionFacts::read(&object) {
+                let _ = facts.to_json();
+            }
+        }
+
+        /// A number is a time exactly when it is a whole unix time `OffsetDateTime` can hold,
+        /// and reads back unchanged; anything else is none.
+        #[test]
+        fn time_at_reads_whole_unix_times_only(seconds in any::<i64>(), other in json_value()) {
+            let read = time_at(&json!({ "at": seconds }), "/at");
+            let expected = OffsetDateTime::from_unix_timestamp(seconds).ok();
+            prop_assert_eq!(read, expected);
+            if let Some(at) = read {
+                prop_assert_eq!(at.unix_timestamp(), seconds);
+            }
+            if other.as_i64().is_none() {
+                prop_assert_eq!(time_at(&json!({ "at": other }), "/at"), None);
+            }
+        }
+
+        /// A subscription in either API shape (period end top-level before 2025-03-31, on its
+        /// items after), with its customer plain or expanded and unknown fields around, reads
+        /// back as written.
+        #[test]
+        fn subscription_facts_round_trip(
+            (id, customer, status, price_id) in (text(), text(), text(), proptest::option::of(text())),
+            (period_end, trial_end) in (proptest::option::of(unix_time()), proptest::option::of(unix_time())),
+            cancel_at_period_end in proptest::option::of(any::<bool>()),
+            (expanded_customer, on_items) in (any::<bool>(), any::<bool>()),
+            extra in vec((key(), json_value()), 0..3),
+        ) {
+            let mut object = Map::new();
+            for (key, value) in extra {
+                object.insert(format!("x_{key}"), value);
+            }
+            object.insert("id".into(), Value::from(id.as_str()));
+            object.insert("customer".into(), id_value(&customer, expanded_customer));
+            object.insert("status".into(), Value::from(status.as_str()));
+            if let Some(cancel) = cancel_at_period_end {
+                object.insert("cancel_at_period_end".into(), Value::from(cancel));
+            }
+            if let Some(trial_end) = trial_end {
+                object.insert("trial_end".into(), Value::from(trial_end));
+            }
+            let mut item = Map::new();
+            if let Some(price_id) = &price_id {
+                // An item's price is always the Price object, never its id alone.
+                item.insert("price".into(), json!({ "id": price_id, "object": "price" }));
+            }
+            if let Some(period_end) = period_end {
+                if on_items {
+                    item.insert("current_period_end".into(), Value::from(period_end));
+                } else {
+                    object.insert("current_period_end".into(), Value::from(period_end));
+                }
+            }
+            object.insert("items".into(), json!({ "object": "list", "data": [item] }));
+            let object = Value::Object(object);
+
+            let unix = |at: Option<i64>| at.map(|at| OffsetDateTime::from_unix_timestamp(at).unwrap());
+            let expected = SubscriptionFacts {
+                id: &id,
+                customer: &customer,
+                status: &status,
+                price_id: price_id.as_deref(),
+                current_period_end: unix(period_end),
+                cancel_at_period_end: cancel_at_period_end.unwrap_or(false),
+                trial_end: unix(trial_end),
+            };
+            prop_assert_eq!(SubscriptionFacts::read(&object).unwrap(), expected);
+        }
+
+        /// An invoice names its subscription in either API shape, plain or expanded; the
+        /// older field wins when both are there, and `null` is no subscription.
+        #[test]
+        fn invoice_subscription_round_trips(
+            old in proptest::option::of(text()),
+            new in proptest::option::of(text()),
+            (expanded, null_old) in (any::<bool>(), any::<bool>()),
+            extra in vec((key(), json_value()), 0..3),
+        ) {
+            let mut invoice: Map<String, Value> =
+                extra.into_iter().map(|(key, value)| (format!("x_{key}"), value)).collect();
+            invoice.insert("id".into(), Value::from("in_1"));
+            match &old {
+                Some(old) => { invoice.insert("subscription".into(), id_value(old, expanded)); }
+                None if null_old => { invoice.insert("subscription".into(), Value::Null); }
+                None => {}
+            }
+            if let Some(new) = &new {
+                invoice.insert(
+                    "parent".into(),
+                    json!({ "subscription_details": { "subscription": id_value(new, expanded) } }),
+                );
+            }
+            let invoice = Value::Object(invoice);
+            prop_assert_eq!(invoice_subscription(&invoice), old.as_deref().or(new.as_deref()));
+        }
+    }
+}

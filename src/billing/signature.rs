@@ -628,3 +628,265 @@ mod tests {
         assert!(!format!("{:?}", Verifier::new([secret], DEFAULT_TOLERANCE)).contains(secret));
     }
 }
+
+/// Properties over hostile input: whatever the header and body, `verify` answers without
+/// panicking, and only the real recipe (with any junk around it) is accepted.
+#[cfg(test)]
+mod properties {
+    use proptest::{collection::vec, prelude::*, sample::Index};
+
+    use super::*;
+
+    const SECRET: &str = "whsec_properties";
+    const NOW: i64 = 1_735_689_600;
+
+    fn sign(secret: &str, t: &str, body: &[u8]) -> String {
+        hex::encode(
+            mac(secret.as_bytes(), &[t.as_bytes(), b".", body])
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::new([SECRET], DEFAULT_TOLERANCE)
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..200)
+    }
+
+    fn lower_hex(len: usize) -> impl Strategy<Value = String> {
+        vec(0..16_u32, len).prop_map(|digits| {
+            digits
+                .into_iter()
+                .filter_map(|d| char::from_digit(d, 16))
+                .collect()
+        })
+    }
+
+    /// Text without `,` (an element's value), from a small alphabet and any character.
+    fn value_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("=".to_owned()),
+            Just(" ".to_owned()),
+            Just("t".to_owned()),
+            Just("v1".to_owned()),
+            Just(NOW.to_string()),
+            lower_hex(64),
+            any::<char>().prop_map(String::from),
+        ];
+        vec(piece, 0..4).prop_map(|pieces| pieces.concat().replace(',', ""))
+    }
+
+    /// An element that must not change the outcome of a valid header: other schemes, unknown
+    /// keys (including near misses of `t` and `v1`), and wrong `v1` values.
+    fn junk_element(t: i64, body: &[u8]) -> impl Strategy<Value = String> + use<> {
+        let right = sign(SECRET, &t.to_string(), body);
+        let near_keys = [
+            "", "v0", "v2", "V1", " v1", "v1 ", "T", " t", "t ", "\tt", "tt", "v", "1", "v1\u{0}",
+        ];
+        prop_oneof![
+            lower_hex(64).prop_map(|hex| format!("v0={hex}")),
+            lower_hex(64).prop_map(|hex| format!("v1={hex}")),
+            Just(format!("v1={}", right.to_uppercase())),
+            Just(format!("v1={}", &right[..63])),
+            Just(format!("v1={right}0")),
+            Just(format!("v1= {right}")),
+            Just(format!("v1={}", sign("whsec_other", &t.to_string(), body))),
+            Just(format!("v1={}", sign(SECRET, &(t + 1).to_string(), body))),
+            Just("v1=".to_owned()),
+            (prop::sample::select(near_keys.to_vec()), value_text())
+                .prop_map(|(key, value)| format!("{key}={value}")),
+        ]
+    }
+
+    /// `t=<t>,v1=<right>` in any order, with junk elements before, between and after.
+    fn valid_header(t: i64, body: &[u8]) -> impl Strategy<Value = String> + use<> {
+        let right = format!("v1={}", sign(SECRET, &t.to_string(), body));
+        let stamp = format!("t={t}");
+        (vec(junk_element(t, body), 0..6), any::<Index>(), any::<Index>()).prop_map(
+            move |(mut elements, at_t, at_v1)| {
+                elements.insert(at_t.index(elements.len() + 1), stamp.clone());
+                elements.insert(at_v1.index(elements.len() + 1), right.clone());
+                elements.join(",")
+            },
+        )
+    }
+
+    /// Header bytes glued from the pieces a header is made of, a few non-UTF-8 bytes, and
+    /// the one valid signature (of `NOW` and `{}`): the fuzzer's dictionary.
+    fn dictionary_header() -> impl Strategy<Value = Vec<u8>> {
+        let valid = sign(SECRET, &NOW.to_string(), b"{}");
+        let piece = prop_oneof![
+            Just(b"t=".to_vec()),
+            Just(b"v1=".to_vec()),
+            Just(b"v0=".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"=".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"-".to_vec()),
+            Just(NOW.to_string().into_bytes()),
+            Just(valid.into_bytes()),
+            Just(b"99999999999999999999".to_vec()),
+            (0..10_u8).prop_map(|d| vec![b'0' + d]),
+            Just(vec![0xff]),
+            Just(vec![0xc3]),
+            Just("é".as_bytes().to_vec()),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any header bytes, body, clock and tolerance: an answer, never a panic.
+        #[test]
+        fn arbitrary_input_never_panics(
+            header in prop_oneof![vec(any::<u8>(), 0..300), dictionary_header()],
+            body in body(),
+            now in any::<i64>(),
+            tolerance in any::<u64>(),
+        ) {
+            let verifier = Verifier::new([SECRET], Duration::from_secs(tolerance));
+            let _ = verifier.verify(Some(&header), &body, now);
+        }
+
+        /// The dictionary holds one valid signature, of `NOW` and `{}`: whatever is glued
+        /// around it, an accepted header carries exactly that timestamp.
+        #[test]
+        fn only_the_signed_timestamp_is_ever_accepted(header in dictionary_header()) {
+            let verifier = Verifier::new([SECRET], Duration::MAX);
+            if let Ok(t) = verifier.verify(Some(&header), b"{}", NOW) {
+                prop_assert_eq!(t, NOW);
+                let text = std::str::from_utf8(&header).unwrap();
+                prop_assert!(text.split(',').any(|e| e == format!("t={NOW}")), "{}", text);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The real recipe verifies whatever junk surrounds it, for a timestamp anywhere from
+        /// the tolerance's edge into the future (Stripe's clock ahead of ours).
+        #[test]
+        fn the_real_recipe_verifies_among_junk(
+            (t, body, header) in (NOW - 300..NOW + 3_600, body())
+                .prop_flat_map(|(t, body)| (Just(t), valid_header(t, &body), Just(body)))
+                .prop_map(|(t, header, body)| (t, body, header)),
+            rotation in any::<bool>(),
+        ) {
+            let verifier = if rotation {
+                Verifier::new(["whsec_next", SECRET], DEFAULT_TOLERANCE)
+            } else {
+                verifier()
+            };
+            prop_assert_eq!(verifier.verify(Some(header.as_bytes()), &body, NOW), Ok(t), "{}", header);
+        }
+
+        /// Changing, removing or adding any one byte of the body breaks the signature.
+        #[test]
+        fn an_altered_body_fails(
+            body in vec(any::<u8>(), 1..200),
+            at in any::<Index>(),
+            change in 1..=255_u8,
+            how in 0..3_u8,
+        ) {
+            let header = format!("t={NOW},v1={}", sign(SECRET, &NOW.to_string(), &body));
+            let mut altered = body.clone();
+            let at = at.index(body.len());
+            match how {
+                0 => altered[at] ^= change,
+                1 => { altered.remove(at); }
+                _ => altered.insert(at, change),
+            }
+            prop_assert_eq!(
+                verifier().verify(Some(header.as_bytes()), &altered, NOW),
+                Err(SignatureError::NoMatch)
+            );
+        }
+
+        /// Replacing any one byte of a valid header, with anything, is refused; within the
+        /// signature, another hex digit or the same digit in upper case is a plain mismatch.
+        #[test]
+        fn an_altered_header_fails(
+            body in body(),
+            at in any::<Index>(),
+            replacement in any::<u8>(),
+            digit in any::<Index>(),
+            shift in 1..16_usize,
+            upper in any::<bool>(),
+        ) {
+            let signature = sign(SECRET, &NOW.to_string(), &body);
+            let header = format!("t={NOW},v1={signature}");
+            let mut altered = header.clone().into_bytes();
+            let at = at.index(altered.len());
+            prop_assume!(altered[at] != replacement);
+            altered[at] = replacement;
+            prop_assert!(verifier().verify(Some(&altered), &body, NOW).is_err());
+
+            let mut digits = signature.into_bytes();
+            let at = digit.index(digits.len());
+            let hex = b"0123456789abcdef";
+            let was = hex.iter().position(|h| *h == digits[at]).unwrap();
+            digits[at] = if upper && digits[at].is_ascii_lowercase() {
+                digits[at].to_ascii_uppercase()
+            } else {
+                hex[(was + shift) % 16]
+            };
+            let header = format!("t={NOW},v1={}", String::from_utf8(digits).unwrap());
+            prop_assert_eq!(
+                verifier().verify(Some(header.as_bytes()), &body, NOW),
+                Err(SignatureError::NoMatch)
+            );
+        }
+
+        /// Past the signature only the age decides: older than the tolerance is refused,
+        /// anything newer (the future included) accepted; no overflow at the extremes.
+        #[test]
+        fn the_age_alone_decides_past_the_signature(
+            (t, now, tolerance) in prop_oneof![
+                (0..=i64::MAX, any::<i64>(), any::<u64>()),
+                (0..=1_000_000_u32, -3..=3_i64)
+                    .prop_map(|(tolerance, delta)| {
+                        (NOW - i64::from(tolerance) - delta, NOW, u64::from(tolerance))
+                    }),
+            ],
+            body in body(),
+        ) {
+            let header = format!("t={t},v1={}", sign(SECRET, &t.to_string(), &body));
+            let verifier = Verifier::new([SECRET], Duration::from_secs(tolerance));
+            let expected = if i128::from(now) - i128::from(t) > i128::from(tolerance) {
+                Err(SignatureError::TimestampOutsideTolerance)
+            } else {
+                Ok(t)
+            };
+            prop_assert_eq!(verifier.verify(Some(header.as_bytes()), &body, now), expected);
+        }
+
+        /// A header signed with any other secret is a mismatch, however the verifier's
+        /// secrets are rotated; an empty secret is never a key.
+        #[test]
+        fn other_secrets_never_verify(
+            signer in vec(any::<char>(), 0..40).prop_map(String::from_iter),
+            configured in vec(vec(any::<char>(), 0..40).prop_map(String::from_iter), 0..4),
+            body in body(),
+        ) {
+            prop_assume!(!configured.contains(&signer));
+            let header = format!("t={NOW},v1={}", sign(&signer, &NOW.to_string(), &body));
+            let verifier = Verifier::new(&configured, DEFAULT_TOLERANCE);
+            prop_assert_eq!(
+                verifier.verify(Some(header.as_bytes()), &body, NOW),
+                Err(SignatureError::NoMatch)
+            );
+            let with_empty = Verifier::new(["", SECRET], DEFAULT_TOLERANCE);
+            let unkeyed = format!("t={NOW},v1={}", sign("", &NOW.to_string(), &body));
+            prop_assert_eq!(
+                with_empty.verify(Some(unkeyed.as_bytes()), &body, NOW),
+                Err(SignatureError::NoMatch)
+            );
+        }
+    }
+}

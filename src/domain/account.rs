@@ -161,3 +161,130 @@ mod tests {
         assert_eq!(format!("{password:?}"), "NewPassword([REDACTED])");
     }
 }
+
+/// Properties of the form parsers over anything a person (or a bot) can type.
+#[cfg(test)]
+mod properties {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// Text glued from the pieces addresses are made of, near misses, and any character.
+    fn address_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            4 => prop::sample::select(vec![
+                "alice", "Bob", "x", "a.b", "+tag", "@", "@", ".", ".", "example", "com", "co.uk",
+                "\"", "\\", " ", "\t", "\r\n", "\0", "[", "]", "127.0.0.1", "IPv6:", "::1", "-",
+                "é", "例え", "xn--", "\u{85}", "\u{a0}", "\u{2028}", "\u{ff0e}", "<", ">", ",",
+                "%", "!#$&'*/=?^_`{|}~", "Bcc: x@example.com",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<char>().prop_map(String::from),
+        ];
+        vec(piece, 0..14).prop_map(|pieces| pieces.concat())
+    }
+
+    fn any_text(max: usize) -> impl Strategy<Value = String> {
+        vec(any::<char>(), 0..max).prop_map(String::from_iter)
+    }
+
+    /// `local@label.label…`, from the characters every mail system takes.
+    fn plain_address() -> impl Strategy<Value = String> {
+        let atext: Vec<char> = ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .chain("+-_".chars())
+            .collect();
+        let label: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+        (
+            vec(vec(prop::sample::select(atext), 1..12), 1..3),
+            vec(vec(prop::sample::select(label), 1..12), 2..4),
+        )
+            .prop_map(|(local, domain)| {
+                let join = |parts: Vec<Vec<char>>| {
+                    parts
+                        .into_iter()
+                        .map(String::from_iter)
+                        .collect::<Vec<_>>()
+                        .join(".")
+                };
+                format!("{}@{}", join(local), join(domain))
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any text: an answer, never a panic; whatever is accepted is the trimmed input,
+        /// 1 to 254 bytes, `local@domain` with a dot in the domain, with no ASCII control
+        /// character but tab (no header injection), and parses again to itself.
+        #[test]
+        fn accepted_addresses_keep_their_invariants(
+            raw in prop_oneof![address_like(), any_text(40)],
+            pad in prop::sample::select(vec!["", " ", "\t", "\n ", "\u{3000}"]),
+        ) {
+            let padded = format!("{pad}{raw}{pad}");
+            let parsed = EmailAddress::parse(&padded);
+            prop_assert_eq!(&parsed, &EmailAddress::parse(&raw));
+            match parsed {
+                Ok(email) => {
+                    let text = email.as_str();
+                    prop_assert_eq!(text, raw.trim());
+                    prop_assert!(!text.is_empty() && text.len() <= EmailAddress::MAX_LEN);
+                    let (local, domain) = text.rsplit_once('@').unwrap();
+                    prop_assert_eq!(email.local_part(), local);
+                    prop_assert!(!local.is_empty() && domain.contains('.'));
+                    prop_assert!(
+                        !text.bytes().any(|b| b.is_ascii_control() && b != b'\t'),
+                        "{:?}",
+                        text
+                    );
+                    prop_assert_eq!(email.normalized(), text.to_lowercase());
+                    prop_assert_eq!(EmailAddress::parse(text), Ok(email.clone()));
+                }
+                Err(InvalidEmail::Empty) => prop_assert!(raw.trim().is_empty()),
+                Err(InvalidEmail::Malformed) => prop_assert!(!raw.trim().is_empty()),
+            }
+        }
+
+        /// Plain addresses are accepted as typed, unless too long.
+        #[test]
+        fn plain_addresses_are_accepted(address in plain_address()) {
+            let parsed = EmailAddress::parse(&address);
+            if address.len() <= EmailAddress::MAX_LEN {
+                prop_assert_eq!(parsed.map(|email| email.as_str().to_owned()), Ok(address));
+            } else {
+                prop_assert_eq!(parsed, Err(InvalidEmail::Malformed));
+            }
+        }
+
+        /// The password rules, in their order: 8 to 128 characters (not bytes), then not the
+        /// email address (ignoring case and surrounding spaces); kept exactly as typed, and
+        /// never shown by `Debug`.
+        #[test]
+        fn passwords_follow_the_rules(
+            raw in prop_oneof![any_text(140), address_like()],
+            email in prop_oneof![address_like(), Just("alice@example.com".to_owned())],
+            same_as_email in any::<bool>(),
+        ) {
+            let raw = if same_as_email { format!(" {} ", email.to_uppercase()) } else { raw };
+            let chars = raw.chars().count();
+            let expected = if chars < NewPassword::MIN_CHARS {
+                Err(WeakPassword::TooShort)
+            } else if chars > NewPassword::MAX_CHARS {
+                Err(WeakPassword::TooLong)
+            } else if raw.trim().to_lowercase() == email.trim().to_lowercase() {
+                Err(WeakPassword::IsEmail)
+            } else {
+                Ok(())
+            };
+            let parsed = NewPassword::parse(raw.clone(), &email);
+            prop_assert_eq!(parsed.as_ref().map(|_| ()), expected.as_ref().copied());
+            if let Ok(password) = parsed {
+                prop_assert_eq!(password.expose(), raw.as_str());
+                let shown = format!("{password:?}");
+                prop_assert!(shown == "NewPassword([REDACTED])");
+            }
+        }
+    }
+}

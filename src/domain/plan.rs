@@ -80,3 +80,54 @@ mod tests {
         assert_eq!(PlanName::parse("team_plus").unwrap().display_name(), "Team plus");
     }
 }
+
+/// Properties of `PlanName::parse` (plan names come from configuration and from URLs).
+#[cfg(test)]
+mod properties {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// `[a-z][a-z0-9_-]{0,31}`, written out.
+    fn is_plan_name(raw: &str) -> bool {
+        let bytes = raw.as_bytes();
+        (1..=32).contains(&bytes.len())
+            && bytes[0].is_ascii_lowercase()
+            && bytes[1..]
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    }
+
+    /// Mostly names from the plan alphabet and its near misses, of lengths around the limit.
+    fn name_like() -> impl Strategy<Value = String> {
+        let alphabet: Vec<char> = ('a'..='z')
+            .chain('0'..='9')
+            .chain("-_".chars())
+            .chain("A Z./é\u{0}\u{17f}K".chars())
+            .collect();
+        prop_oneof![
+            3 => vec(prop::sample::select(alphabet), 0..36).prop_map(String::from_iter),
+            1 => vec(any::<char>(), 0..36).prop_map(String::from_iter),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Accepted exactly when the text is `[a-z][a-z0-9_-]{0,31}`, kept as is, and shown as
+        /// a capitalised name of the same length without `-` or `_`.
+        #[test]
+        fn accepted_exactly_when_the_grammar_matches(raw in name_like()) {
+            let parsed = PlanName::parse(&raw);
+            prop_assert_eq!(parsed.is_ok(), is_plan_name(&raw), "{:?}", raw);
+            if let Ok(plan) = parsed {
+                prop_assert_eq!(plan.as_str(), raw.as_str());
+                prop_assert_eq!(plan.to_string(), raw.clone());
+                let shown = plan.display_name();
+                prop_assert_eq!(shown.len(), raw.len());
+                prop_assert!(shown.starts_with(|c: char| c.is_ascii_uppercase()), "{:?}", shown);
+                prop_assert!(!shown.contains(['-', '_']), "{:?}", shown);
+            }
+        }
+    }
+}

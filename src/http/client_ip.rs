@@ -191,3 +191,265 @@ mod tests {
         assert_eq!(bucket(ip("198.51.100.4")), ip("198.51.100.4"));
     }
 }
+
+/// Properties of `client_ip` over hostile `X-Forwarded-For` headers: whatever a client writes,
+/// the answer is the peer or an address listed, and only what trusted proxies vouch for.
+#[cfg(test)]
+mod properties {
+    use std::net::Ipv4Addr;
+
+    use axum::http::HeaderValue;
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use proptest::{collection::vec, prelude::*, sample::Index};
+
+    use super::*;
+
+    /// The proxies' networks: fixed ones the addresses below fall into, and arbitrary ones.
+    fn trusted() -> impl Strategy<Value = Vec<IpNet>> {
+        let fixed: Vec<IpNet> = ["172.18.0.0/16", "10.0.0.0/8", "fd00::/8", "127.0.0.1/32"]
+            .iter()
+            .map(|net| net.parse().unwrap())
+            .collect();
+        let arbitrary = prop_oneof![
+            (any::<[u8; 4]>(), 0..=32_u8)
+                .prop_map(|(ip, len)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(ip), len).unwrap())),
+            (any::<[u16; 8]>(), 0..=128_u8)
+                .prop_map(|(ip, len)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(ip), len).unwrap())),
+        ];
+        (prop::sample::subsequence(fixed, 0..=4), vec(arbitrary, 0..2)).prop_map(|(mut fixed, arbitrary)| {
+            fixed.extend(arbitrary);
+            fixed
+        })
+    }
+
+    /// An address: anywhere, or in one of the fixed trusted networks, in either family.
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u16; 8]>().prop_map(IpAddr::from),
+            any::<[u8; 2]>().prop_map(|[a, b]| IpAddr::from([172, 18, a, b])),
+            any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::from([10, a, b, c])),
+            any::<[u16; 7]>().prop_map(|[a, b, c, d, e, f, g]| {
+                IpAddr::from([0xfd00 | (a & 0xff), b, c, d, e, f, g, 1])
+            }),
+            Just(IpAddr::from([127, 0, 0, 1])),
+        ]
+    }
+
+    /// How an address may be written in the header, with or without a port, mapped or not.
+    fn written(ip: IpAddr, form: u8, port: u16) -> String {
+        match (ip, form % 4) {
+            (IpAddr::V4(v4), 1) => format!("{v4}:{port}"),
+            (IpAddr::V4(v4), 2) => v4.to_ipv6_mapped().to_string(),
+            (IpAddr::V4(v4), 3) => format!("[{}]:{port}", v4.to_ipv6_mapped()),
+            (IpAddr::V6(v6), 1 | 3) => format!("[{v6}]:{port}"),
+            _ => ip.to_string(),
+        }
+    }
+
+    /// Bytes a header value may hold (no control characters but tab), for the garbage entries.
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..max).prop_map(|bytes| {
+            bytes
+                .into_iter()
+                .filter(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+                .collect()
+        })
+    }
+
+    /// One comma-free entry: an address as a proxy writes it, padded, or garbage.
+    fn entry() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => (address(), any::<u8>(), any::<u16>())
+                .prop_map(|(ip, form, port)| written(ip, form, port).into_bytes()),
+            1 => (address(), prop::sample::select(vec![" ", "\t", "  ", ""]))
+                .prop_map(|(ip, pad)| format!("{pad}{ip}{pad}").into_bytes()),
+            1 => prop_oneof![
+                Just(b"unknown".to_vec()),
+                Just(b"".to_vec()),
+                Just(b"[::1]".to_vec()),
+                Just(b"1.2.3.4:99999".to_vec()),
+                Just(b"\xff\xfe".to_vec()),
+                Just(b"::ffff:999.1.1.1".to_vec()),
+                Just(b"1.2.3.4 5.6.7.8".to_vec()),
+                header_bytes(24),
+            ]
+            .prop_map(|bytes| bytes.into_iter().filter(|&b| b != b',').collect::<Vec<u8>>()),
+        ]
+    }
+
+    /// The list of `entries` joined by `separator`, split into several headers before the
+    /// entries at `cuts`.
+    fn headers_of(entries: &[Vec<u8>], cuts: &[Index], separator: &[u8]) -> HeaderMap {
+        let cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(entries.len().max(1))).collect();
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match values.last_mut() {
+                Some(value) if !cuts.contains(&i) => value.extend_from_slice(separator),
+                _ => values.push(Vec::new()),
+            }
+            values.last_mut().unwrap().extend_from_slice(entry);
+        }
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_bytes(&value).unwrap());
+        }
+        headers
+    }
+
+    /// Every address written anywhere in the headers, parsed independently of `parse_entry`.
+    fn listed(headers: &HeaderMap) -> Vec<IpAddr> {
+        let mut found = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            for entry in value.as_bytes().split(|b| *b == b',') {
+                let Ok(entry) = std::str::from_utf8(entry) else {
+                    continue;
+                };
+                let entry = entry.trim();
+                let ip = entry
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()));
+                if let Some(ip) = ip {
+                    found.push(ip);
+                    if let IpAddr::V6(v6) = ip
+                        && let Some(v4) = v6.to_ipv4_mapped()
+                    {
+                        found.push(IpAddr::V4(v4));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The module's rule, stated over the whole list rather than walked: behind a trusted
+    /// peer, the right-most entry that is malformed or untrusted decides. Untrusted: it is the
+    /// client. Malformed: the trusted hop right of it is (or the peer). None: the left-most.
+    fn documented_rule(peer: IpAddr, entries: &[Vec<u8>], trusted: &[IpNet]) -> IpAddr {
+        let unmap = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
+        let peer = unmap(peer);
+        if !is_trusted(peer) {
+            return peer;
+        }
+        let parsed: Vec<Option<IpAddr>> = entries
+            .iter()
+            .map(|entry| {
+                let entry = std::str::from_utf8(entry).ok()?.trim();
+                let ip = entry
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()));
+                ip.map(unmap)
+            })
+            .collect();
+        let decisive = parsed.iter().rposition(|ip| ip.is_none_or(|ip| !is_trusted(ip)));
+        match decisive {
+            Some(at) => parsed[at].unwrap_or_else(|| parsed.get(at + 1).map_or(peer, |ip| ip.unwrap())),
+            None => parsed.first().map_or(peer, |ip| ip.unwrap()),
+        }
+    }
+
+    fn mapped(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            IpAddr::V6(_) => ip,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary header bytes, any number of headers: never a panic, and the answer is
+        /// the peer or one of the addresses listed.
+        #[test]
+        fn the_answer_is_the_peer_or_a_listed_address(
+            peer in address(),
+            values in vec(header_bytes(80), 0..4),
+            trusted in trusted(),
+        ) {
+            let mut headers = HeaderMap::new();
+            for value in &values {
+                headers.append("x-forwarded-for", HeaderValue::from_bytes(value).unwrap());
+            }
+            headers.append("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+            let ip = client_ip(peer, &headers, &trusted);
+            prop_assert!(ip == canonical(peer) || listed(&headers).contains(&ip), "{}", ip);
+        }
+
+        /// Lists of well-formed, padded and garbage entries over several headers: the answer
+        /// is the peer or a listed address, never an IPv4-mapped one; a peer that is not
+        /// trusted is the client whatever the headers say.
+        #[test]
+        fn only_trusted_peers_are_believed(
+            peer in address(),
+            entries in vec(entry(), 0..8),
+            cuts in vec(any::<Index>(), 0..3),
+            trusted in trusted(),
+        ) {
+            let headers = headers_of(&entries, &cuts, b", ");
+            let ip = client_ip(peer, &headers, &trusted);
+            prop_assert!(ip == canonical(peer) || listed(&headers).contains(&ip), "{}", ip);
+            prop_assert!(!matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()), "{}", ip);
+            if !trusted.iter().any(|net| net.contains(&canonical(peer))) {
+                prop_assert_eq!(ip, canonical(peer));
+            }
+        }
+
+        /// The answer is the one the documented rule gives, for any list over any headers.
+        #[test]
+        fn the_documented_rule_decides(
+            peer in address(),
+            entries in vec(entry(), 0..8),
+            cuts in vec(any::<Index>(), 0..3),
+            trusted in trusted(),
+        ) {
+            let headers = headers_of(&entries, &cuts, b", ");
+            prop_assert_eq!(client_ip(peer, &headers, &trusted), documented_rule(peer, &entries, &trusted));
+        }
+
+        /// Once a trusted proxy vouches for an untrusted address, nothing the client writes
+        /// to the left of it (in the same header or in earlier ones) changes the answer.
+        #[test]
+        fn entries_left_of_the_client_cannot_change_the_answer(
+            peer in address(),
+            (spoofed, entries) in (vec(entry(), 1..6), vec(entry(), 0..6)),
+            (cuts, in_own_header) in (vec(any::<Index>(), 0..3), any::<bool>()),
+            trusted in trusted(),
+        ) {
+            let honest = headers_of(&entries, &cuts, b",");
+            let ip = client_ip(peer, &honest, &trusted);
+            prop_assume!(!trusted.iter().any(|net| net.contains(&ip)));
+            let forged = if in_own_header {
+                let mut forged = headers_of(&spoofed, &[], b",");
+                for value in honest.get_all("x-forwarded-for") {
+                    forged.append("x-forwarded-for", value.clone());
+                }
+                forged
+            } else {
+                let all: Vec<Vec<u8>> = spoofed.iter().chain(&entries).cloned().collect();
+                headers_of(&all, &cuts, b",")
+            };
+            prop_assert_eq!(client_ip(peer, &forged, &trusted), ip);
+        }
+
+        /// Several headers are one list: splitting it differently, or spacing it, changes
+        /// nothing; nor does the peer being seen as an IPv4-mapped address.
+        #[test]
+        fn headers_are_one_list_and_mapped_peers_are_the_same_peer(
+            peer in address(),
+            entries in vec(entry(), 0..8),
+            (cuts, other_cuts) in (vec(any::<Index>(), 0..3), vec(any::<Index>(), 0..3)),
+            trusted in trusted(),
+        ) {
+            let one = client_ip(peer, &headers_of(&entries, &[], b","), &trusted);
+            prop_assert_eq!(client_ip(peer, &headers_of(&entries, &cuts, b", "), &trusted), one);
+            prop_assert_eq!(client_ip(peer, &headers_of(&entries, &other_cuts, b" ,\t"), &trusted), one);
+            prop_assert_eq!(client_ip(mapped(peer), &headers_of(&entries, &cuts, b","), &trusted), one);
+        }
+    }
+}

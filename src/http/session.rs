@@ -244,3 +244,51 @@ mod tests {
         );
     }
 }
+
+/// Properties of `safe_next`, the one login-form field that becomes a `Location`.
+#[cfg(test)]
+mod properties {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+
+    /// Text glued from the pieces of URLs and of the usual open-redirect tricks.
+    fn next_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            4 => prop::sample::select(vec![
+                "/", "/", "//", "\\", "/\\", "https:", "http://", "javascript:", "evil.example", "@",
+                ":", "?", "#", ".", "..", "%2f", "%5c", "%0a", "%00", "\t", "\n", "\r", "\0", " ",
+                "\u{85}", "\u{a0}", "\u{3000}", "\u{2028}", "\u{ff0f}", "\u{2215}", "dashboard", "a",
+                "x=1&y=2", "[::1]", "127.0.0.1",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<char>().prop_map(String::from),
+        ];
+        vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// The answer is the input or the dashboard; an accepted input is a path of this site
+        /// whatever page it is resolved against, and always makes a valid `Location`.
+        #[test]
+        fn next_is_the_input_or_the_dashboard_and_stays_on_site(next in next_like()) {
+            let answer = safe_next(Some(&next));
+            prop_assert!(answer == next || answer == "/dashboard");
+            if answer == next {
+                prop_assert!(next.starts_with('/') && !next.starts_with("//"), "{:?}", next);
+                prop_assert!(!next.contains('\\') && !next.chars().any(char::is_control), "{:?}", next);
+                for base in ["http://keel.invalid", "https://app.example.com/deep/page?q=1#top"] {
+                    let base = url::Url::parse(base).unwrap();
+                    let joined = base.join(&next).unwrap();
+                    prop_assert_eq!(joined.host_str(), base.host_str(), "{:?}", next);
+                    prop_assert_eq!(joined.scheme(), base.scheme());
+                }
+                let response = Redirect::to(answer).into_response();
+                prop_assert_eq!(response.status(), axum::http::StatusCode::SEE_OTHER);
+                prop_assert_eq!(response.headers()[header::LOCATION].as_bytes(), next.as_bytes());
+            }
+        }
+    }
+}
