@@ -59,6 +59,10 @@ impl Envelope {
     }
 
     fn created_at(&self) -> Result<OffsetDateTime, NotAnEvent> {
+        // Stripe's timestamps are never before 1970; far earlier ones PostgreSQL cannot store.
+        if self.created < 0 {
+            return Err(NotAnEvent::Malformed);
+        }
         OffsetDateTime::from_unix_timestamp(self.created).map_err(|_| NotAnEvent::Malformed)
     }
 }
@@ -98,6 +102,11 @@ pub async fn store(
     let Ok(payload) = std::str::from_utf8(body) else {
         return Ok(Err(NotAnEvent::Malformed));
     };
+    // PostgreSQL text cannot hold NUL (JSON can, as `\u0000`).
+    let has_nul = |text: &str| text.contains('\0');
+    if has_nul(&envelope.kind) || envelope.api_version.as_deref().is_some_and(has_nul) {
+        return Ok(Err(NotAnEvent::Malformed));
+    }
     let created = match envelope.created_at() {
         Ok(created) => created,
         Err(problem) => return Ok(Err(problem)),

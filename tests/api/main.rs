@@ -19,5 +19,6 @@ mod private_servers;
 mod rate_limit;
 mod smtp_server;
 mod stripe;
+mod sweep;
 mod visitor;
 mod webhooks;
