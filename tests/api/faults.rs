@@ -432,7 +432,7 @@ async fn kill_9_with_webhooks_and_emails_in_flight_loses_nothing() {
 
     // Deliveries, and SIGKILL as soon as the first email is out: deliveries, processing jobs
     // and email jobs are all under way.
-    let mut acknowledged = vec![false; EVENTS];
+    let mut acknowledged = [false; EVENTS];
     for (n, acked) in acknowledged.iter_mut().enumerate() {
         *acked = deliver_to(&client, &first_base, n).await;
         if !smtp.accepted().is_empty() {
