@@ -8,7 +8,10 @@ use std::{
 };
 
 use rand::RngExt as _;
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgPoolOptions},
+};
 use time::OffsetDateTime;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -255,7 +258,16 @@ async fn unless_stopped<T>(shutdown: &CancellationToken, future: impl Future<Out
 }
 
 async fn listen(db: &PgPool) -> Option<PgListener> {
-    let mut listener = match PgListener::connect_with(db).await {
+    // The listener gets a one-connection pool of its own. From the shared pool, a connection
+    // left LISTENing (the listener reconnects after a database restart) could go back to it,
+    // and the next query on it would fail on a notification it does not expect ("unexpected
+    // message: NotificationResponse": a 500, seen under load in
+    // faults::webhooks_during_a_postgres_restart_get_503_and_none_acknowledged_is_lost).
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(LISTENER_ACQUIRE_TIMEOUT)
+        .connect_lazy_with((*db.connect_options()).clone());
+    let mut listener = match PgListener::connect_with(&own).await {
         Ok(listener) => listener,
         Err(error) => {
             tracing::warn!(%error, "cannot LISTEN for new jobs; polling instead");
@@ -270,6 +282,8 @@ async fn listen(db: &PgPool) -> Option<PgListener> {
         }
     }
 }
+
+const LISTENER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Waits for a notification; `false` at once when there is no working listener.
 async fn recv(listener: &mut Option<PgListener>) -> bool {
