@@ -55,13 +55,21 @@ async fn health(app: &TestApp) -> (StatusCode, serde_json::Value) {
     (response.status(), response.json().await.unwrap())
 }
 
+/// Waits until `/health` answers 200; panics after `within`.
+async fn health_passes_within(app: &TestApp, within: Duration) {
+    wait_until("/health to pass again", within, || async {
+        let (status, _) = health(app).await;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+}
+
 async fn signed_up<'a>(app: &'a TestApp, email: &str) -> Visitor<'a> {
-    let mut visitor = Visitor::new(app);
-    let page = visitor
-        .submit("/signup", "/signup", &[("email", email), ("password", PASSWORD)])
-        .await;
-    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
-    visitor
+    Visitor::signed_up(app, email, PASSWORD).await
 }
 
 /// Starts a private PostgreSQL off the runtime (initdb takes a second or two).
@@ -120,15 +128,7 @@ async fn with_redis_stopped_pages_logins_and_webhooks_work_and_health_recovers()
 
     redis.resume_service();
     let back = Instant::now();
-    wait_until("/health to pass again", Duration::from_secs(10), || async {
-        let (status, _) = health(&app).await;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
-    .await;
+    health_passes_within(&app, Duration::from_secs(10)).await;
     eprintln!(
         "RELIABILITY redis: /health passed {:?} after Redis returned",
         back.elapsed()
@@ -190,15 +190,7 @@ async fn a_frozen_postgres_gets_fast_503s_and_everything_recovers_after_sigcont(
     })
     .await;
     let recovered = thawed.elapsed();
-    wait_until("/health to pass again", Duration::from_secs(5), || async {
-        let (status, _) = health(&app).await;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    })
-    .await;
+    health_passes_within(&app, Duration::from_secs(5)).await;
     eprintln!(
         "RELIABILITY frozen postgres: /health 503 in {health_took:?}, /dashboard 503 in {page_took:?}, /dashboard 200 again {recovered:?} after SIGCONT"
     );

@@ -77,12 +77,7 @@ fn cli_env(app: &TestApp, fake: &FakeStripe) -> Vec<(&'static str, String)> {
 }
 
 async fn signed_up<'a>(app: &'a TestApp, email: &str) -> Visitor<'a> {
-    let mut visitor = Visitor::new(app);
-    let page = visitor
-        .submit("/signup", "/signup", &[("email", email), ("password", PASSWORD)])
-        .await;
-    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
-    visitor
+    Visitor::signed_up(app, email, PASSWORD).await
 }
 
 async fn team_of(app: &TestApp, email: &str) -> Uuid {

@@ -41,6 +41,17 @@ pub fn field_value(html: &str, name: &str) -> Option<String> {
 }
 
 impl<'a> Visitor<'a> {
+    /// A visitor who has just signed up through the form with `email` and `password`
+    /// (and is signed in).
+    pub async fn signed_up(app: &'a TestApp, email: &str, password: &str) -> Self {
+        let mut visitor = Self::new(app);
+        let page = visitor
+            .submit("/signup", "/signup", &[("email", email), ("password", password)])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+        visitor
+    }
+
     pub fn new(app: &'a TestApp) -> Self {
         Self {
             app,
