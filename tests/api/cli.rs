@@ -3,13 +3,13 @@
 
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use crate::helpers::{
-    DatabaseGuard, TcpProxy, database_server_url_via, database_socket_addr, keel_command, redis_url,
-    run_keel, spawn_app, unique_database_name,
+    ChildGuard, DatabaseGuard, TcpProxy, database_server_url_via, database_socket_addr, free_port,
+    keel_command, redis_url, run_keel, spawn_app, unique_database_name,
 };
 
 /// A complete production environment whose secrets are easy to spot in output.
@@ -144,24 +144,6 @@ async fn healthcheck_exits_0_when_live_and_1_when_not() {
         [0, 1, 2],
         "{codes:?}"
     );
-}
-
-/// Kills the child if the test fails before it exits.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_until_live(base: &str) {

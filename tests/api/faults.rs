@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{TestApp, spawn_app_with, wait_until},
+    helpers::{ChildGuard, TestApp, free_port, spawn_app_with, wait_until},
     private_servers::{PrivatePostgres, PrivateRedis},
     visitor::Visitor,
 };
@@ -305,38 +305,14 @@ async fn webhooks_during_a_postgres_restart_get_503_and_none_acknowledged_is_los
     );
 }
 
-/// `keel …` as a child process of the test, killed (SIGKILL) on drop.
-struct Keel(std::process::Child);
-
-impl Keel {
-    fn start(args: &[&str], env: &[(&'static str, String)]) -> Self {
-        let child = crate::helpers::keel_command(args, env.iter().cloned())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("keel starts");
-        Self(child)
-    }
-
-    fn kill_9(&mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reaped");
-    }
-}
-
-impl Drop for Keel {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `keel ARGS…` as a child process of the test, killed (SIGKILL) on drop.
+fn start_keel(args: &[&str], env: &[(&'static str, String)]) -> ChildGuard {
+    let child = crate::helpers::keel_command(args, env.iter().cloned())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keel starts");
+    ChildGuard(child)
 }
 
 /// invoice.payment_failed (the shared basil event) for invoice `n` of `sub_kill`: each asks
@@ -406,9 +382,9 @@ async fn kill_9_with_webhooks_and_emails_in_flight_loses_nothing() {
         ]
     };
     let client = crate::helpers::client();
-    let first_port = spare_port();
+    let first_port = free_port();
     let first_base = format!("http://127.0.0.1:{first_port}");
-    let mut first = Keel::start(&["serve"], &env(first_port));
+    let mut first = start_keel(&["serve"], &env(first_port));
     wait_live(&client, &first_base).await;
 
     let db = sqlx::PgPool::connect(&database.url()).await.unwrap();
@@ -447,12 +423,12 @@ async fn kill_9_with_webhooks_and_emails_in_flight_loses_nothing() {
     );
 
     // A web process and two workers take over; Stripe redelivers what was not acknowledged.
-    let second_port = spare_port();
+    let second_port = free_port();
     let second_base = format!("http://127.0.0.1:{second_port}");
-    let _web = Keel::start(&["serve", "--no-worker"], &env(second_port));
+    let _web = start_keel(&["serve", "--no-worker"], &env(second_port));
     let _workers = [
-        Keel::start(&["worker"], &env(spare_port())),
-        Keel::start(&["worker"], &env(spare_port())),
+        start_keel(&["worker"], &env(free_port())),
+        start_keel(&["worker"], &env(free_port())),
     ];
     wait_live(&client, &second_base).await;
     for (n, acked) in acknowledged.iter().enumerate() {

@@ -149,6 +149,32 @@ pub fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A child process (keel, a worker) killed with SIGKILL when the test ends, or fails first.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// `kill -9`, and reaped.
+    pub fn kill_9(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        self.0.wait().expect("reaped");
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Drops its database when the test ends.
 pub struct DatabaseGuard {
     pub name: String,

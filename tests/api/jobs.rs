@@ -6,7 +6,7 @@
 //! and `KEEL_TEST_WORKER_DB` set: a real separate process running the test job kinds below.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{DatabaseGuard, migrated_database, run_keel_async, wait_until};
+use crate::helpers::{ChildGuard, DatabaseGuard, migrated_database, run_keel_async, wait_until};
 
 /// Records that it ran (with its attempt and the worker process) in `test_job_runs`.
 #[derive(Serialize, Deserialize)]
@@ -373,15 +373,6 @@ fn spawn_worker_process(database: &DatabaseGuard) -> ChildGuard {
         .spawn()
         .expect("spawn a worker process");
     ChildGuard(child)
-}
-
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Not a test: the entry point of the worker processes the tests above start.

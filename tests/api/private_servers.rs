@@ -4,19 +4,12 @@
 //! `/usr/lib/postgresql/<version>/bin`, `redis-server`); `bash .ci/run` installs both.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-/// A port nobody listens on right now.
-fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a spare port")
-        .port()
-}
+use crate::helpers::free_port;
 
 /// Runs `program args` to the end, as the `postgres` user when this process is root
 /// (PostgreSQL refuses to run as root); panics with its output on failure.
@@ -80,7 +73,7 @@ impl PrivatePostgres {
     /// initdb and start (a second or two).
     pub fn start() -> Self {
         let bin = postgres_bin();
-        let port = spare_port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("keel-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("make the cluster directory");
         if is_root() {
@@ -211,7 +204,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub fn start() -> Self {
         let mut redis = Self {
-            port: spare_port(),
+            port: free_port(),
             child: None,
         };
         redis.resume_service();
