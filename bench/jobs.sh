@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Job queue benchmark: jobs/s through the queue (enqueue + run of a no-op job) and the latency
-# from commit to the start of a job (p50/p99), against the local PostgreSQL, in a fresh
-# database that is dropped afterwards. See examples/jobs_bench.rs for what is measured.
+# from commit to the start of a job (p50/p99), and how fast a backlog drains against one a
+# tenth its size, against the local PostgreSQL, in a fresh database that is dropped
+# afterwards. See examples/jobs_bench.rs for what is measured.
 #
-# Usage: bash bench/jobs.sh [--jobs N] [--samples N]
+# Usage: bash bench/jobs.sh [--jobs N] [--samples N] [--backlog N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

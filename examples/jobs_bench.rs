@@ -5,8 +5,13 @@
 //!    from the first enqueue to the last completion.
 //! 2. Latency: `--samples` jobs enqueued one at a time, 20 ms apart, into an idle queue; the
 //!    time from the enqueuing transaction's commit to the start of the job, p50/p90/p99/max.
+//! 3. Backlog: the same worker drains a backlog committed in one transaction (a flood of
+//!    webhook events, a worker back after an outage), once of `--backlog N` jobs and once of a
+//!    tenth as many as the baseline: jobs/s for each and their ratio. A claim that costs in
+//!    proportion to the backlog shows as a ratio well under 1.
 //!
-//! Usage: `jobs_bench DATABASE_URL [--jobs N] [--samples N]` (the database must exist).
+//! Usage: `jobs_bench DATABASE_URL [--jobs N] [--samples N] [--backlog N]` (the database must
+//! exist).
 
 use std::{
     sync::{Arc, Mutex, OnceLock},
@@ -80,6 +85,38 @@ async fn remaining(pool: &PgPool) -> anyhow::Result<i64> {
         .await?)
 }
 
+/// Commits `count` no-op jobs in one statement, then waits for the worker to run them all:
+/// jobs/s from the commit to the start of the last one (each job notes when it starts, so how
+/// often the bench looks does not matter, and it looks seldom: counting a long backlog is
+/// not free).
+async fn drain(pool: &PgPool, count: usize) -> anyhow::Result<f64> {
+    let starts = STARTS.get().context("starts")?;
+    starts.lock().expect("lock").clear();
+    let payload = jobs::NewJob::of(&Noop { committed_at: 0 })?;
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload, max_attempts)
+         SELECT $1, $2, $3 FROM generate_series(1, $4)",
+    )
+    .bind(payload.kind)
+    .bind(&payload.payload)
+    .bind(payload.max_attempts)
+    .bind(count as i64)
+    .execute(pool)
+    .await?;
+    let committed = now_micros();
+    while remaining(pool).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let starts = starts.lock().expect("lock");
+    anyhow::ensure!(starts.len() == count, "{} of {count} jobs recorded", starts.len());
+    let last = starts
+        .iter()
+        .map(|(_, started)| *started)
+        .max()
+        .unwrap_or(committed);
+    Ok(count as f64 / (last.saturating_sub(committed) as f64 / 1e6))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -89,9 +126,10 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let url = args
         .first()
-        .context("usage: jobs_bench DATABASE_URL [--jobs N] [--samples N]")?;
+        .context("usage: jobs_bench DATABASE_URL [--jobs N] [--samples N] [--backlog N]")?;
     let total = arg(&args, "--jobs", 5000)?;
     let samples = arg(&args, "--samples", 200)?;
+    let backlog = arg(&args, "--backlog", 20_000)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
         .connect(url)
@@ -172,6 +210,16 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1],
+    );
+
+    // 3. Backlog.
+    let small = (backlog / 10).max(1);
+    let baseline = drain(&pool, small).await?;
+    let flooded = drain(&pool, backlog).await?;
+    println!(
+        "backlog drain: {small} jobs at {baseline:.0} jobs/s (baseline), {backlog} jobs at \
+         {flooded:.0} jobs/s: ratio {:.2}",
+        flooded / baseline,
     );
 
     shutdown.cancel();

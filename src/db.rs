@@ -19,14 +19,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// the database is unavailable) instead of queueing forever.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pooled connection idle for longer than this is pinged before it is handed out (see the
+/// pool options in [`connect`]).
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Opens the pool. Connections open lazily, so the process starts even while PostgreSQL is
 /// down; in development the first one is opened here, and a missing database is created, so
 /// `cargo run` works on a fresh machine. That first connection stays in the pool for the
 /// migrations: each new connection costs a round of authentication (and a TLS handshake when
 /// the server offers TLS: ~90 ms measured against a local server).
-/// See the pool options in [`connect`].
-const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
-
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let url = config.database_url.expose_secret();
     let options: PgConnectOptions = url

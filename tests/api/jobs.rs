@@ -340,6 +340,82 @@ async fn a_worker_leaves_alone_the_kinds_it_cannot_run() {
     assert_eq!((status.as_str(), attempts), ("queued", 0));
 }
 
+/// What a claim takes, and in what order: jobs whose worker died (lease run out, attempts
+/// left) first, oldest lease first; then due queued jobs by `run_at`, then by id. Not taken:
+/// a lease still held, a job not yet due, a job abandoned on its last attempt (marked dead).
+/// One slot, so the runs' order is the claims' order.
+#[tokio::test]
+async fn a_worker_takes_abandoned_jobs_first_then_due_jobs_in_order() {
+    let (_database, pool) = queue_database().await;
+    for (label, status, attempts, run_at, locked_until) in [
+        ("due-b", "queued", 0, "-2 s", None),
+        ("abandoned-2", "running", 1, "-1 min", Some("-1 s")),
+        ("due-a", "queued", 0, "-3 s", None),
+        ("held", "running", 1, "-1 min", Some("+1 min")),
+        ("due-c1", "queued", 0, "-1 s", None),
+        ("abandoned-on-its-last", "running", 3, "-1 min", Some("-3 s")),
+        ("later", "queued", 0, "+1 hour", None),
+        ("due-c2", "queued", 0, "-1 s", None),
+        ("abandoned-1", "running", 1, "-1 min", Some("-2 s")),
+    ] {
+        // One fixed instant for the two `due-c`s, so their order is the ids'.
+        sqlx::query(
+            "INSERT INTO jobs (kind, payload, max_attempts, status, attempts, run_at, locked_until, locked_by)
+             VALUES ('test.record', jsonb_build_object('label', $1::text), 3, $2, $3,
+                     date_trunc('second', now()) + $4::interval, now() + $5::interval,
+                     CASE WHEN $5 IS NOT NULL THEN 'a-dead-worker' END)",
+        )
+        .bind(label)
+        .bind(status)
+        .bind(attempts)
+        .bind(run_at)
+        .bind(locked_until)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let config = WorkerConfig {
+        concurrency: 1,
+        ..fast_config()
+    };
+    let _worker = start_worker_with(&pool, Schedule::new(), config).drop_guard();
+    wait_for_count(
+        &pool,
+        "SELECT count(*) FROM test_job_runs",
+        6,
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // past a poll: nothing else runs
+    let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let expected = [
+        ("abandoned-1", 2),
+        ("abandoned-2", 2),
+        ("due-a", 1),
+        ("due-b", 1),
+        ("due-c1", 1),
+        ("due-c2", 1),
+    ];
+    assert_eq!(runs, expected.map(|(label, attempt)| (label.to_owned(), attempt)));
+    let left: Vec<(String, String)> =
+        sqlx::query_as("SELECT payload->>'label', status FROM jobs ORDER BY payload->>'label'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let left_expected = [
+        ("abandoned-on-its-last", "dead"),
+        ("held", "running"),
+        ("later", "queued"),
+    ];
+    assert_eq!(
+        left,
+        left_expected.map(|(label, status)| (label.to_owned(), status.to_owned()))
+    );
+}
+
 /// A job that hangs once ran twice: the first attempt cut off, the second finished.
 async fn assert_cut_off_then_finished(pool: &PgPool) {
     let runs: Vec<(String, i32)> = sqlx::query_as("SELECT label, attempt FROM test_job_runs ORDER BY at")
