@@ -27,6 +27,16 @@ async fn metrics_count_requests_by_route_template_in_development() {
         "{text}"
     );
     assert!(!text.contains("wp-admin"), "{text}");
+    // So do methods outside the standard ones.
+    let made_up = reqwest::Method::from_bytes(b"SCAN-4f9c2").unwrap();
+    let response = app.client.request(made_up, app.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(r#"keel_http_requests_total{method="OTHER",route="/",status="405"} "#),
+        "{text}"
+    );
+    assert!(!text.contains("SCAN-4f9c2"), "{text}");
     assert!(
         text.contains(r#"keel_http_request_duration_seconds_bucket{method="GET",route="/",le="0.005"}"#),
         "{text}"
