@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::webhooks::ProcessStripeEvent;
 use crate::{
-    jobs::{Job, JobContext},
+    jobs::{Job, JobContext, Permanent},
     mail::{
         self, AccessPaused, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
         PaymentRetriesExhausted, TrialEnding,
@@ -100,7 +100,10 @@ async fn process_event(
     if event.processed_at.is_some() && again == Again::No {
         return Ok(Processed::AlreadyProcessed);
     }
-    let payload: Value = serde_json::from_str(&event.payload).context("the stored event is not JSON")?;
+    // It was signed by Stripe and stored as sent, so it is JSON; what serde_json cannot read
+    // (nesting past its recursion limit) it will never read.
+    let payload: Value = serde_json::from_str(&event.payload)
+        .map_err(|error| Permanent(format!("the stored event {event_id} cannot be read: {error}")))?;
     let object = &payload["data"]["object"];
     let at = event.created;
     let outcome = match event.kind.as_str() {

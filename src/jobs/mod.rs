@@ -54,6 +54,20 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     fn run(self, context: JobContext) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// A failure that no later attempt can fix (input that can never be read, say): a job whose
+/// `run` returns it (as the error, or anywhere in its chain of context) is dead at once
+/// instead of being retried `MAX_ATTEMPTS` times.
+#[derive(Debug)]
+pub struct Permanent(pub String);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (permanent: not retried)", self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
 /// What a running job can reach.
 #[derive(Clone)]
 pub struct JobContext {

@@ -180,18 +180,20 @@ pub enum AfterFailure {
     LeaseLost,
 }
 
-/// Records a failed attempt: queued again after `retry_in`, or dead when out of attempts.
+/// Records a failed attempt: queued again after `retry_in`, or dead when out of attempts or
+/// when the failure is `permanent`.
 pub async fn fail(
     db: &PgPool,
     id: JobId,
     worker: &str,
     error: &str,
     retry_in: Duration,
+    permanent: bool,
 ) -> sqlx::Result<AfterFailure> {
     let error = truncate(error, MAX_ERROR_LEN);
     let dead = sqlx::query_scalar!(
         r#"UPDATE jobs
-           SET status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+           SET status = CASE WHEN $5 OR attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
                run_at = now() + make_interval(secs => $4),
                last_error = $3, locked_until = NULL, locked_by = NULL, updated_at = now()
            WHERE id = $1 AND locked_by = $2
@@ -200,6 +202,7 @@ pub async fn fail(
         worker,
         error,
         retry_in.as_secs_f64(),
+        permanent,
     )
     .fetch_optional(db)
     .await?;

@@ -23,7 +23,7 @@ use tracing::Instrument as _;
 use crate::{billing::stripe::Stripe, mail::Mailer};
 
 use super::{
-    Handler, JobContext, Registry, Schedule,
+    Handler, JobContext, Permanent, Registry, Schedule,
     queue::{self, AfterFailure, ClaimedJob, NOTIFY_CHANNEL},
 };
 
@@ -466,13 +466,18 @@ async fn record_outcome(
             "done"
         }
         Err(error) => {
+            let permanent = error.chain().any(|cause| cause.is::<Permanent>());
             let error = format!("{error:#}");
             let retry_in = config.backoff.delay(job.attempts);
-            match queue::fail(db, job.id, &config.id, &error, retry_in).await? {
+            match queue::fail(db, job.id, &config.id, &error, retry_in, permanent).await? {
                 AfterFailure::Retrying => {
                     let retry_in_ms = retry_in.as_millis() as u64;
                     tracing::warn!(elapsed_ms, error, retry_in_ms, "job failed; will retry");
                     "failed"
+                }
+                AfterFailure::Dead if permanent => {
+                    tracing::error!(elapsed_ms, error, "job failed for good (not retried): dead");
+                    "dead"
                 }
                 AfterFailure::Dead => {
                     let max_attempts = job.max_attempts;

@@ -288,3 +288,50 @@ async fn a_stored_event_wakes_the_workers_after_its_commit() {
     let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
     assert!(heard.is_ok_and(|n| n.is_ok()), "the trigger no longer notifies");
 }
+
+/// An event Stripe signed that processing can never read (data nested past serde_json's
+/// recursion limit of 128) is acknowledged, and its job is dead after one attempt, not 25
+/// spread over three days.
+#[tokio::test]
+async fn an_event_processing_can_never_read_is_not_retried() {
+    let app = spawn_app_with(|env| {
+        env.insert("STRIPE_WEBHOOK_SECRET", SECRET.to_owned());
+    })
+    .await;
+    let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"id":"evt_too_deep","object":"event","api_version":"2024-06-20","type":"customer.subscription.updated","created":{},"livemode":false,"data":{{"object":{nested}}}}}"#,
+        now()
+    );
+    let response = deliver(
+        &app,
+        body.as_bytes(),
+        Some(&signature(SECRET, body.as_bytes(), now())),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    crate::helpers::wait_until("the job to end", Duration::from_secs(10), || async {
+        {
+            let mut db = app.database.connect().await;
+            let (status, attempts, error): (String, i32, Option<String>) = sqlx::query_as(
+                "SELECT status, attempts, last_error FROM jobs WHERE kind = 'stripe.process_event'",
+            )
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+            match status.as_str() {
+                "dead" => {
+                    assert_eq!(attempts, 1, "{error:?}");
+                    let error = error.unwrap_or_default();
+                    assert!(
+                        error.contains("evt_too_deep cannot be read") && error.contains("permanent"),
+                        "{error}"
+                    );
+                    Ok(())
+                }
+                _ => Err(format!("{status} after {attempts} attempts: {error:?}")),
+            }
+        }
+    })
+    .await;
+}
