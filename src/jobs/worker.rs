@@ -279,6 +279,9 @@ impl Vacuum {
 
 const VACUUM_EVERY: usize = 2000;
 
+/// Pause between attempts to write a job's outcome while the database is away.
+const OUTCOME_RETRY_EVERY: Duration = Duration::from_millis(500);
+
 /// Longest wait for a claim; a hung database then does not stall the loop.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -389,9 +392,24 @@ async fn execute(
             Some(handler) => run_leased(&queue_db, &config, &job, handler, context).await,
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        // If the outcome cannot be written, the lease runs out and the job runs again.
-        if let Err(error) = record_outcome(&queue_db, &config, &job, outcome, elapsed_ms).await {
-            tracing::error!(%error, "recording the job's outcome failed; it will run again");
+        // The lease was renewed until the job ended, so it holds for a while yet: an outcome
+        // that cannot be written now (PostgreSQL is away) is tried again until half a lease
+        // has passed, rather than left for the lease to run out (a 60 s wait after every
+        // outage, measured in faults::webhooks_and_jobs_across_a_postgres_outage). Past that,
+        // the lease runs out and the job runs again.
+        let give_up = Instant::now() + config.lease / 2;
+        loop {
+            match record_outcome(&queue_db, &config, &job, &outcome, elapsed_ms).await {
+                Ok(()) => break,
+                Err(error) if Instant::now() < give_up => {
+                    tracing::warn!(%error, "recording the job's outcome failed; retrying");
+                    tokio::time::sleep(OUTCOME_RETRY_EVERY).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "recording the job's outcome failed; it will run again");
+                    break;
+                }
+            }
         }
     }
     .instrument(span)
@@ -450,7 +468,7 @@ async fn record_outcome(
     db: &PgPool,
     config: &WorkerConfig,
     job: &ClaimedJob,
-    outcome: anyhow::Result<()>,
+    outcome: &anyhow::Result<()>,
     elapsed_ms: u64,
 ) -> sqlx::Result<()> {
     let counted = match outcome {
