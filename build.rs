@@ -29,12 +29,15 @@ fn main() {
         let (stem, extension) = name.rsplit_once('.').unwrap_or((name, ""));
         let bytes = fs::read(path).expect("readable asset");
         let url = format!("/static/{stem}.{:016x}.{extension}", fnv1a(&bytes));
-        let absolute = fs::canonicalize(path).expect("asset path");
+        // Named from the crate's own directory when the crate compiles, not as an absolute
+        // path written here: two checkouts sharing one target dir (a CI clone beside the
+        // working copy) share this script's output, and one's path would name the other's
+        // files.
         writeln!(
             table,
-            "    Asset {{ url: {url:?}, content_type: {:?}, bytes: include_bytes!({:?}) }},",
+            "    Asset {{ url: {url:?}, content_type: {:?}, bytes: include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?})) }},",
             content_type(extension),
-            absolute.display()
+            format!("/static/{name}")
         )
         .unwrap();
         let constant: String = name

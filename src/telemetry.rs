@@ -27,10 +27,12 @@ use tracing::{
     field::{Field, Visit},
 };
 use tracing_subscriber::{
-    EnvFilter, fmt,
+    EnvFilter,
+    field::RecordFields,
+    fmt,
     fmt::{
         FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
-        format::{JsonFields, Writer},
+        format::Writer,
         time::{FormatTime as _, SystemTime},
     },
     prelude::*,
@@ -140,7 +142,7 @@ pub fn init(format: LogFormat) -> Option<FlushOnDrop> {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
-                    .fmt_fields(JsonFields::new())
+                    .fmt_fields(JsonMembers)
                     .event_format(JsonLines)
                     .with_writer(BufferedStdout),
             )
@@ -157,10 +159,11 @@ pub fn init(format: LogFormat) -> Option<FlushOnDrop> {
 /// One JSON object per line, as tracing-subscriber's own JSON format writes it with the event's
 /// fields at the top level and the current span under `span`:
 /// `{"timestamp":…,"level":"INFO","message":"served","status":200,…,"target":…,"span":{"method":…,"request_id":…,"route":…,"name":"request"}}`.
-/// The difference is the span: its fields were written as JSON text once, when it was created
-/// (`JsonFields`); they are copied into each line as they are, where the library's format
-/// parses that text into a `serde_json::Value` and serializes it again for every event.
-/// Measured on `/` (one access-log line per request): see docs/PERFORMANCE.md.
+/// The difference is the cost. The library keeps a span's fields as a JSON object it builds
+/// through a `serde_json::Value` map when the span opens, and parses that text back into a
+/// `Value` for every event; here they are written once as JSON members ([`JsonMembers`]) and
+/// copied into each line as they are. Measured with callgrind on `/` (one span and one
+/// access-log line per request): see docs/PERFORMANCE.md.
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -188,14 +191,13 @@ where
         write_json_str(&mut writer, meta.target())?;
         if let Some(span) = ctx.parent_span() {
             let extensions = span.extensions();
-            let fields = extensions
+            let members = extensions
                 .get::<FormattedFields<N>>()
-                .map_or("", |fields| fields.as_str());
-            // `JsonFields` wrote an object (or nothing, for a span without fields).
-            let inner = fields.trim().trim_start_matches('{').trim_end_matches('}');
+                .map_or("", |fields| fields.as_str())
+                .trim_start_matches([',', ' ']);
             writer.write_str(r#","span":{"#)?;
-            if !inner.is_empty() {
-                writer.write_str(inner)?;
+            if !members.is_empty() {
+                writer.write_str(members)?;
                 writer.write_char(',')?;
             }
             writer.write_str(r#""name":"#)?;
@@ -206,7 +208,22 @@ where
     }
 }
 
-/// Writes each field of an event as `,"name":value`.
+/// A span's fields as JSON members, `,"name":value` each (a field recorded later is appended
+/// after a space, which JSON allows), for [`JsonLines`] to copy into every line.
+struct JsonMembers;
+
+impl<'w> FormatFields<'w> for JsonMembers {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut members = JsonEventFields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        fields.record(&mut members);
+        members.result
+    }
+}
+
+/// Writes each field of an event (or a span) as `,"name":value`.
 struct JsonEventFields<'a, 'w> {
     writer: &'a mut Writer<'w>,
     result: std::fmt::Result,
@@ -258,8 +275,14 @@ impl Visit for JsonEventFields<'_, '_> {
     }
 }
 
-/// `value` as a JSON string, escaped by serde_json.
+/// `value` as a JSON string. Nearly every string logged (messages, routes, ids) has nothing
+/// to escape and is written as it is; any other is escaped by serde_json.
 fn write_json_str(writer: &mut dyn std::fmt::Write, value: &str) -> std::fmt::Result {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        writer.write_char('"')?;
+        writer.write_str(value)?;
+        return writer.write_char('"');
+    }
     /// serde_json writes to `io::Write`; what it writes for a `&str` is UTF-8 (the input's
     /// own slices between escapes, and ASCII escapes).
     struct Utf8Writer<'a>(&'a mut dyn std::fmt::Write);
@@ -430,7 +453,7 @@ mod tests {
         let ours = Captured::default();
         let subscriber = tracing_subscriber::registry().with(
             fmt::layer()
-                .fmt_fields(JsonFields::new())
+                .fmt_fields(JsonMembers)
                 .event_format(JsonLines)
                 .with_writer(ours.clone()),
         );
