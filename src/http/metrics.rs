@@ -94,23 +94,13 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 fn method_label(method: &Method) -> &'static str {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-    ]
-    .iter()
-    .zip([
+    const STANDARD: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
-    ])
-    .find_map(|(known, label)| (known == method).then_some(label))
-    .unwrap_or("OTHER")
+    ];
+    STANDARD
+        .into_iter()
+        .find(|label| *label == method.as_str())
+        .unwrap_or("OTHER")
 }
 
 /// The metric handles of one (method, route, status). Looked up in the recorder, that costs
