@@ -9,7 +9,6 @@ use axum::{
     body::Body,
     extract::Request,
     http::{HeaderValue, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -45,9 +44,9 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 /// Largest framework-written explanation (e.g. a form rejection) copied into the page.
 const MAX_DETAIL: usize = 300;
 
-pub async fn render_errors(request: Request, next: Next) -> Response {
-    let wants_json = wants_json(&request);
-    let response = next.run(request).await;
+/// After the handler (see `middleware::around`): a 4xx/5xx becomes the error page, or JSON when
+/// the request asked for it ([`wants_json`], looked at before the handler ran).
+pub async fn render_errors(wants_json: bool, response: Response) -> Response {
     let status = response.status();
     if !status.is_client_error() && !status.is_server_error() {
         return response;
@@ -140,7 +139,7 @@ pub async fn render_errors(request: Request, next: Next) -> Response {
 
 /// JSON for API clients (`Accept: application/json`, or a JSON body and no HTML in `Accept`);
 /// HTML for browsers and everything else.
-fn wants_json(request: &Request) -> bool {
+pub fn wants_json(request: &Request) -> bool {
     let header_text = |name| {
         request
             .headers()
@@ -213,7 +212,10 @@ mod tests {
             .route("/slow", get(too_slow))
             .layer(
                 ServiceBuilder::new()
-                    .layer(axum::middleware::from_fn(render_errors))
+                    .layer(crate::http::middleware::around(
+                        |request: &mut axum::extract::Request| wants_json(request),
+                        render_errors,
+                    ))
                     .layer(CatchPanicLayer::custom(panic_response))
                     .layer(TimeoutLayer::with_status_code(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -1,4 +1,4 @@
-//! `GET /metrics` (Prometheus text format) and the middleware that counts and times requests.
+//! `GET /metrics` (Prometheus text format) and the counting and timing of requests.
 //!
 //! Access (SPEC.md): with `METRICS_TOKEN` set, only `Authorization: Bearer <token>`; without
 //! it, open in development and 404 in production (nginx also denies it from outside).
@@ -6,14 +6,13 @@
 use std::{
     collections::HashMap,
     sync::{LazyLock, PoisonError, RwLock},
-    time::Instant,
+    time::Duration,
 };
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -73,27 +72,18 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     given.len() == token.len() && given.iter().zip(token).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
-/// Counts requests (`keel_http_requests_total{method,route,status}`) and times them
-/// (`keel_http_request_duration_seconds{method,route}`). The route is the matched template,
-/// never the raw path, and a method outside the standard ones is counted as `OTHER`, so
-/// scanners cannot create unbounded label values. Probes are not counted (as they are not
-/// logged): `/health` has its own monitoring.
-pub async fn track(request: Request, next: Next) -> Response {
-    if super::middleware::is_probe(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (requests, duration) = handles(method, route, response.status().as_u16());
+/// Counts a request (`keel_http_requests_total{method,route,status}`) and its time
+/// (`keel_http_request_duration_seconds{method,route}`); called by `middleware::Observe` for
+/// every request but probes (`/health` has its own monitoring). The route is the matched
+/// template, never the raw path, and a method outside the standard ones is counted as
+/// `OTHER` ([`method_label`]), so scanners cannot create unbounded label values.
+pub fn record_request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
+    let (requests, duration) = handles(method, route, status);
     requests.increment(1);
-    duration.record(started.elapsed().as_secs_f64());
-    response
+    duration.record(elapsed.as_secs_f64());
 }
 
-fn method_label(method: &Method) -> &'static str {
+pub fn method_label(method: &Method) -> &'static str {
     const STANDARD: [&str; 9] = [
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
     ];
