@@ -162,14 +162,20 @@ impl Worker {
                             let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                                 break;
                             };
+                            let context = JobContext {
+                                db: db.clone(),
+                                mailer: mailer.clone(),
+                                stripe: stripe.clone(),
+                                job_id: job.id,
+                                attempt: job.attempts,
+                            };
                             let run = execute(
-                                db.clone(),
+                                context,
                                 queue_db.clone(),
-                                mailer.clone(),
-                                stripe.clone(),
                                 Arc::clone(&registry),
                                 Arc::clone(&config),
                                 job,
+                                shutdown.clone(),
                             );
                             running.spawn(async move {
                                 run.await;
@@ -367,24 +373,16 @@ async fn recv(listener: &mut Option<PgListener>) -> bool {
 
 /// Runs one claimed job to an outcome and records it.
 async fn execute(
-    db: PgPool,
+    context: JobContext,
     queue_db: PgPool,
-    mailer: Mailer,
-    stripe: Option<Stripe>,
     registry: Arc<Registry>,
     config: Arc<WorkerConfig>,
     job: ClaimedJob,
+    shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("job", id = job.id, kind = job.kind, attempt = job.attempts);
     async move {
         let started = Instant::now();
-        let context = JobContext {
-            db,
-            mailer,
-            stripe,
-            job_id: job.id,
-            attempt: job.attempts,
-        };
         let outcome = match registry.handler(&job.kind) {
             None => Err(anyhow::anyhow!(
                 "no handler is registered for job kind `{}`",
@@ -397,14 +395,23 @@ async fn execute(
         // that cannot be written now (PostgreSQL is away) is tried again until half a lease
         // has passed, rather than left for the lease to run out (a 60 s wait after every
         // outage, measured in faults::webhooks_and_jobs_across_a_postgres_outage). Past that,
-        // the lease runs out and the job runs again.
+        // the lease runs out and the job runs again. Once the worker is stopping, one try: a
+        // retry would only hold up the exit (to the shutdown timeout when PostgreSQL is down,
+        // faults::on_sigterm_with_postgres_down_a_job_whose_end_cannot_be_recorded_does_not_hold_up_the_exit),
+        // and the job runs again after its lease either way.
         let give_up = Instant::now() + config.lease / 2;
         loop {
             match record_outcome(&queue_db, &config, &job, &outcome, elapsed_ms).await {
                 Ok(()) => break,
-                Err(error) if Instant::now() < give_up => {
+                Err(error) if Instant::now() < give_up && !shutdown.is_cancelled() => {
                     tracing::warn!(%error, "recording the job's outcome failed; retrying");
-                    tokio::time::sleep(OUTCOME_RETRY_EVERY).await;
+                    if unless_stopped(&shutdown, tokio::time::sleep(OUTCOME_RETRY_EVERY))
+                        .await
+                        .is_none()
+                    {
+                        tracing::error!("stopping: the job's outcome is not recorded; it will run again");
+                        break;
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, "recording the job's outcome failed; it will run again");

@@ -679,43 +679,7 @@ async fn sigterm_under_load_answers_every_request_in_flight_and_exits_0_within_t
         ("RATE_LIMIT_BURST", "100000".to_owned()),
         ("AUTH_RATE_LIMIT_PER_MINUTE", "100000".to_owned()),
     ];
-    // The drain timeout the process runs with, read as it reads it.
-    let drain_timeout = keel::Config::from_lookup(|name| {
-        env.iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.clone())
-    })
-    .expect("the test's configuration is valid")
-    .shutdown_timeout;
-    let child = crate::helpers::keel_command(&["serve"], env.iter().cloned())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("keel starts");
-    let mut child = ChildGuard(child);
-    // Read as the process writes (the access log alone would fill a pipe), kept for the end.
-    let [stdout, stderr] = [
-        child
-            .0
-            .stdout
-            .take()
-            .map(|out| Box::new(out) as Box<dyn std::io::Read + Send>),
-        child
-            .0
-            .stderr
-            .take()
-            .map(|err| Box::new(err) as Box<dyn std::io::Read + Send>),
-    ]
-    .map(|stream| {
-        std::thread::spawn(move || {
-            use std::io::Read as _;
-            let mut text = String::new();
-            if let Some(mut stream) = stream {
-                let _ = stream.read_to_string(&mut text);
-            }
-            text
-        })
-    });
+    let (mut child, output, drain_timeout) = serve_logged(&env);
     let client = crate::helpers::client();
     wait_live(&client, &base).await;
 
@@ -813,30 +777,15 @@ async fn sigterm_under_load_answers_every_request_in_flight_and_exits_0_within_t
     tokio::time::timeout(Duration::from_secs(20), first_login.recv())
         .await
         .expect("a login answered within 20 s");
-    let signalled = Instant::now();
-    // SAFETY: kill(2) with our own child's pid, which is not reaped before the guard drops.
-    let killed = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
-    let signal_returned = Instant::now();
-    assert_eq!(killed, 0, "SIGTERM sent");
-
-    let deadline = signalled + drain_timeout + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill_9();
-            let log = [stdout, stderr].map(|reader| reader.join().unwrap()).join("\n");
-            panic!(
-                "keel still running {:?} after SIGTERM:\n{log}",
-                deadline - signalled
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let exited_after = signalled.elapsed();
+    let Terminated {
+        status,
+        signalled,
+        signal_returned,
+        exited_after,
+        stdout,
+        stderr,
+    } = terminate(&mut child, output, drain_timeout + Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     let log = format!("{stdout}\n{stderr}");
 
     let mut logins = Vec::new();
@@ -927,4 +876,175 @@ async fn sigterm_under_load_answers_every_request_in_flight_and_exits_0_within_t
         last_login.saturating_duration_since(signalled),
         after.len() - answered_after,
     );
+}
+
+/// SIGTERM while a job runs and PostgreSQL has just crashed: the job (a verification email,
+/// held by a slow SMTP server) ends, its outcome cannot be recorded, and the worker stops at
+/// once instead of retrying the write into the shutdown timeout. The job is not lost: its lease
+/// runs out and it runs again (`kill_9_with_webhooks_and_emails_in_flight_loses_nothing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_with_postgres_down_a_job_whose_end_cannot_be_recorded_does_not_hold_up_the_exit() {
+    let postgres = private_postgres().await;
+    let smtp = crate::smtp_server::FakeSmtp::start(crate::smtp_server::Behaviour {
+        hold_data: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env: Vec<(&'static str, String)> = vec![
+        ("APP_ENV", "development".to_owned()),
+        ("BIND_ADDR", format!("127.0.0.1:{port}")),
+        ("BASE_URL", base.clone()),
+        ("DATABASE_URL", format!("{}/keel_sigterm", postgres.url())),
+        ("REDIS_URL", crate::helpers::redis_url()),
+        ("SMTP_URL", smtp.url()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    let (mut child, output, drain_timeout) = serve_logged(&env);
+    let client = crate::helpers::client();
+    wait_live(&client, &base).await;
+
+    let (cookie, token) = form_token(&client, &base, "/signup").await;
+    let signup = client
+        .post(format!("{base}/signup"))
+        .header("cookie", cookie)
+        .form(&[
+            ("email", "slow-mail@example.com"),
+            ("password", PASSWORD),
+            ("csrf_token", &token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), StatusCode::SEE_OTHER);
+    wait_until(
+        "the email at the SMTP server",
+        Duration::from_secs(20),
+        || async {
+            match smtp.data_commands() {
+                0 => Err("not yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    let crashed = Arc::clone(&postgres);
+    tokio::task::spawn_blocking(move || crashed.stop("immediate"))
+        .await
+        .unwrap();
+
+    let Terminated {
+        status,
+        exited_after,
+        stdout,
+        stderr,
+        ..
+    } = terminate(&mut child, output, drain_timeout + Duration::from_secs(10)).await;
+    let log = format!("{stdout}\n{stderr}");
+    assert_eq!(status.code(), Some(0), "exit status {status}:\n{log}");
+    // What the test is about happened: the job ended while the worker stopped, and its outcome
+    // was not recorded.
+    assert!(log.contains("job worker stopping"), "{log}");
+    assert!(log.contains("it will run again"), "{log}");
+    assert!(
+        exited_after < Duration::from_secs(8) && !log.contains("at the shutdown timeout"),
+        "keel took {exited_after:?} to exit (the SMTP server held the email 2 s; drain timeout {drain_timeout:?}):\n{log}"
+    );
+    eprintln!("RELIABILITY sigterm with PostgreSQL down and a job running: exited 0 after {exited_after:?}");
+}
+
+/// `keel serve` with `env` as a child, its output collected ([`collect_output`]), and the
+/// drain timeout it runs with, read as it reads it.
+fn serve_logged(
+    env: &[(&'static str, String)],
+) -> (ChildGuard, [std::thread::JoinHandle<String>; 2], Duration) {
+    let drain_timeout = keel::Config::from_lookup(|name| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    })
+    .expect("the test's configuration is valid")
+    .shutdown_timeout;
+    let child = crate::helpers::keel_command(&["serve"], env.iter().cloned())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("keel starts");
+    let mut child = ChildGuard(child);
+    let output = collect_output(&mut child);
+    (child, output, drain_timeout)
+}
+
+/// The child's stdout and stderr, each read to its end by a thread as the process writes (the
+/// access log alone would fill a pipe).
+fn collect_output(child: &mut ChildGuard) -> [std::thread::JoinHandle<String>; 2] {
+    [
+        child
+            .0
+            .stdout
+            .take()
+            .map(|out| Box::new(out) as Box<dyn std::io::Read + Send>),
+        child
+            .0
+            .stderr
+            .take()
+            .map(|err| Box::new(err) as Box<dyn std::io::Read + Send>),
+    ]
+    .map(|stream| {
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut text = String::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_string(&mut text);
+            }
+            text
+        })
+    })
+}
+
+/// How a child stopped after SIGTERM.
+struct Terminated {
+    status: std::process::ExitStatus,
+    /// Just before the signal was sent, and just after.
+    signalled: Instant,
+    signal_returned: Instant,
+    exited_after: Duration,
+    stdout: String,
+    stderr: String,
+}
+
+/// SIGTERM to the child, then waits for it to exit; past `limit`, kills it and panics with
+/// its output.
+async fn terminate(
+    child: &mut ChildGuard,
+    output: [std::thread::JoinHandle<String>; 2],
+    limit: Duration,
+) -> Terminated {
+    let signalled = Instant::now();
+    // SAFETY: kill(2) with our own child's pid, which is not reaped before the guard drops.
+    let killed = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let signal_returned = Instant::now();
+    assert_eq!(killed, 0, "SIGTERM sent");
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > limit {
+            child.kill_9();
+            let log = output.map(|reader| reader.join().unwrap()).join("\n");
+            panic!("keel still running {limit:?} after SIGTERM:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let exited_after = signalled.elapsed();
+    let [stdout, stderr] = output.map(|reader| reader.join().unwrap());
+    Terminated {
+        status,
+        signalled,
+        signal_returned,
+        exited_after,
+        stdout,
+        stderr,
+    }
 }

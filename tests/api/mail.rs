@@ -52,6 +52,7 @@ async fn fifty_emails_arrive_exactly_once_through_a_server_that_asks_to_retry() 
     let smtp = FakeSmtp::start(Behaviour {
         fail_every_nth_data: 3,
         refuse: vec![BOUNCE.to_owned()],
+        ..Behaviour::default()
     })
     .await;
     let (_database, pool) = migrated_database().await;

@@ -25,6 +25,8 @@ pub struct Behaviour {
     pub fail_every_nth_data: usize,
     /// Recipients refused with 550.
     pub refuse: Vec<String>,
+    /// How long the answer to a message's end is held back: a slow server.
+    pub hold_data: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -73,6 +75,11 @@ impl FakeSmtp {
         self.state.require_auth.store(on, Ordering::SeqCst);
     }
 
+    /// Messages received to their end (answered, or being held back).
+    pub fn data_commands(&self) -> usize {
+        self.state.data_commands.load(Ordering::SeqCst)
+    }
+
     pub fn failed_data_commands(&self) -> usize {
         self.state.failed_data.load(Ordering::SeqCst)
     }
@@ -117,6 +124,7 @@ async fn session(stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
                 data.push('\n');
             }
             let n = state.data_commands.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(state.behaviour.hold_data).await;
             let every = state.behaviour.fail_every_nth_data;
             if every > 0 && n.is_multiple_of(every) {
                 state.failed_data.fetch_add(1, Ordering::SeqCst);
