@@ -123,26 +123,30 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         )
         .route_layer(auth_rate_limit.clone());
 
-    // Signed-in users only; anyone else is sent to /login?next=….
+    // Signed-in users only; anyone else is sent to /login?next=…. Per method router, with
+    // `route_layer`, so that a wrong method is 405 for everyone (SPEC: a wrong method is a
+    // 4xx), as on every other route, rather than a redirect to log in first.
+    let user_only = |methods: MethodRouter<AppState>| {
+        methods.route_layer(from_extractor_with_state::<session::CurrentUser, _>(
+            state.clone(),
+        ))
+    };
     let signed_in = Router::new()
-        .route("/dashboard", get(account::dashboard))
-        .route("/settings", get(account::settings))
-        .route("/billing", get(billing::billing))
-        .route("/billing/checkout", form(post(billing::checkout)))
-        .route("/billing/portal", form(post(billing::portal)))
+        .route("/dashboard", user_only(get(account::dashboard)))
+        .route("/settings", user_only(get(account::settings)))
+        .route("/billing", user_only(get(billing::billing)))
+        .route("/billing/checkout", user_only(form(post(billing::checkout))))
+        .route("/billing/portal", user_only(form(post(billing::portal))))
         // The example paid feature: entitled teams only (see billing::RequireEntitlement).
-        .route("/pro", get(billing::pro))
+        .route("/pro", user_only(get(billing::pro)))
         .route(
             "/settings/password",
-            form(post(account::change_password)).layer(auth_rate_limit),
+            user_only(form(post(account::change_password)).layer(auth_rate_limit)),
         )
         .route(
             "/settings/resend-verification",
-            form(post(account::resend_verification)),
-        )
-        .route_layer(from_extractor_with_state::<session::CurrentUser, _>(
-            state.clone(),
-        ));
+            user_only(form(post(account::resend_verification))),
+        );
 
     // What every response goes through: the request id, access log, metrics and security
     // headers; compression; error pages; panics as 500; the request timeout.

@@ -43,11 +43,14 @@ async fn json_clients_get_json_errors() {
 #[tokio::test]
 async fn a_wrong_method_gets_405_naming_the_allowed_ones() {
     let app = spawn_app().await;
-    for (method, path) in [
-        ("POST", "/"),
-        ("PUT", "/pricing"),
-        ("DELETE", "/health"),
-        ("PATCH", "/static/x.css"),
+    for (method, path, allowed) in [
+        ("POST", "/", "GET"),
+        ("PUT", "/pricing", "GET"),
+        ("DELETE", "/health", "GET"),
+        ("PATCH", "/static/x.css", "GET"),
+        // Behind login, for someone not signed in: still 405, not a redirect to log in.
+        ("PUT", "/dashboard", "GET"),
+        ("DELETE", "/billing/checkout", "POST"),
     ] {
         let response = app
             .client
@@ -57,7 +60,7 @@ async fn a_wrong_method_gets_405_naming_the_allowed_ones() {
             .unwrap();
         assert_eq!(response.status(), 405, "{method} {path}");
         let allow = response.headers()["allow"].to_str().unwrap().to_owned();
-        assert!(allow.contains("GET"), "{method} {path}: {allow}");
+        assert!(allow.contains(allowed), "{method} {path}: {allow}");
         assert!(response.text().await.unwrap().contains("Method Not Allowed"));
     }
 }
