@@ -5,7 +5,7 @@
 pub mod accounts;
 /// Assembles the application (`App::build`) and runs it until shutdown.
 pub mod app;
-/// Stripe billing: webhook signatures (more to come).
+/// Stripe billing: webhooks, checkout, the portal, reconciliation and dunning.
 pub mod billing;
 /// The Redis connection.
 pub mod cache;
@@ -27,6 +27,24 @@ pub mod jobs;
 pub mod mail;
 /// Logging setup.
 pub mod telemetry;
+
+/// The property tests' case count: `cases` by default (the suite's 2–3 s), or
+/// `PROPTEST_CASES` for a long run (`PROPTEST_CASES=1000000 cargo nextest run properties`,
+/// docs/RELIABILITY.md). A failure found is saved under `proptest-regressions/` and replayed
+/// first on every later run: commit those files.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        // Properties that discard some inputs (`prop_assume!`) keep the same share of
+        // rejections allowed however many cases run.
+        max_global_rejects: (cases / 2).max(1024),
+        ..proptest::test_runner::Config::with_cases(cases)
+    }
+}
 
 pub use app::App;
 pub use config::Config;

@@ -706,7 +706,7 @@ pub(crate) mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::proptest_config(512))]
 
         /// Whatever the object (an event's `data.object` is attacker-shaped until verified,
         /// and Stripe-shaped in any API version after), the readers answer without panicking.

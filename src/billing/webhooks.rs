@@ -292,7 +292,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::proptest_config(512))]
 
         /// Any bytes at all: an answer, never a panic.
         #[test]

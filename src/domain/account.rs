@@ -213,7 +213,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1024))]
+        #![proptest_config(crate::proptest_config(1024))]
 
         /// Any text: an answer, never a panic; whatever is accepted is the trimmed input,
         /// 1 to 254 bytes, `local@domain` with a dot in the domain, with no ASCII control

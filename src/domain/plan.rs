@@ -112,7 +112,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #![proptest_config(crate::proptest_config(2048))]
 
         /// Accepted exactly when the text is `[a-z][a-z0-9_-]{0,31}`, kept as is, and shown as
         /// a capitalised name of the same length without `-` or `_`.

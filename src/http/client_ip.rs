@@ -362,7 +362,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::proptest_config(512))]
 
         /// Arbitrary header bytes, any number of headers: never a panic, and the answer is
         /// the peer or one of the addresses listed.

@@ -268,7 +268,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #![proptest_config(crate::proptest_config(2048))]
 
         /// The answer is the input or the dashboard; an accepted input is a path of this site
         /// whatever page it is resolved against, and always makes a valid `Location`.
