@@ -285,7 +285,12 @@ impl Visit for JsonEventFields<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.entry(field, |writer| write_json_str(writer, &format!("{value:?}")));
+        self.entry(field, |writer| {
+            use std::fmt::Write as _;
+            writer.write_char('"')?;
+            write!(JsonEscaped(writer), "{value:?}")?;
+            writer.write_char('"')
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -312,31 +317,79 @@ impl Visit for JsonEventFields<'_, '_> {
     }
 }
 
-/// `value` as a JSON string. Nearly every string logged (messages, routes, ids) has nothing
-/// to escape and is written as it is; any other is escaped by serde_json.
+/// `value` as a JSON string.
 fn write_json_str(writer: &mut dyn std::fmt::Write, value: &str) -> std::fmt::Result {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        writer.write_char('"')?;
-        writer.write_str(value)?;
-        return writer.write_char('"');
+    writer.write_char('"')?;
+    write_escaped(writer, value)?;
+    writer.write_char('"')
+}
+
+/// `value` escaped for the inside of a JSON string, as serde_json escapes it (`\"`, `\\`, the
+/// short escapes, `\u00xx` for other control characters; nothing else). Nearly every string
+/// logged (messages, routes, ids) has nothing to escape and is written as it is.
+fn write_escaped(writer: &mut dyn std::fmt::Write, value: &str) -> std::fmt::Result {
+    let bytes = value.as_bytes();
+    if !needs_escaping(bytes) {
+        return writer.write_str(value);
     }
-    /// serde_json writes to `io::Write`; what it writes for a `&str` is UTF-8 (the input's
-    /// own slices between escapes, and ASCII escapes).
-    struct Utf8Writer<'a>(&'a mut dyn std::fmt::Write);
-
-    impl Write for Utf8Writer<'_> {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            let text = std::str::from_utf8(bytes).map_err(io::Error::other)?;
-            self.0.write_str(text).map_err(io::Error::other)?;
-            Ok(bytes.len())
+    let mut plain_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let short = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // `at` is an ASCII byte, so a char boundary on both sides.
+        writer.write_str(&value[plain_from..at])?;
+        if short.is_empty() {
+            write!(writer, "\\u{byte:04x}")?;
+        } else {
+            writer.write_str(short)?;
         }
+        plain_from = at + 1;
+    }
+    writer.write_str(&value[plain_from..])
+}
 
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
+/// Whether JSON needs any of these bytes escaped: a control character, `"` or `\`. Eight
+/// bytes at a time (the classic "has a byte less than n / equal to c" word tricks, exact for
+/// whether any byte matches): a byte-by-byte check was ~1,700 instructions of every
+/// access-log line (callgrind, docs/PERFORMANCE.md).
+fn needs_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let any_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGH != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+        // A byte below 0x20 (valid for any bound up to 0x80), or equal to `"` or `\`.
+        if word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0
+            || any_zero(word ^ (ONES * u64::from(b'"')))
+            || any_zero(word ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
         }
     }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
 
-    serde_json::to_writer(Utf8Writer(writer), value).map_err(|_| std::fmt::Error)
+/// A `fmt::Write` that escapes what is written through it for the inside of a JSON string:
+/// a `Debug` value is formatted straight into the line, not into a `String` first.
+struct JsonEscaped<'a>(&'a mut dyn std::fmt::Write);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        write_escaped(self.0, text)
+    }
 }
 
 /// Hands the fmt layer a writer per event, marking WARN and ERROR lines urgent.
@@ -497,6 +550,45 @@ mod tests {
                 value
             })
             .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config(4096))]
+
+        /// Any string, written whole or in pieces (as `Debug` output arrives), is the JSON
+        /// string serde_json writes.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            text in proptest::string::string_regex("(?s).{0,80}").unwrap(),
+            cut in 0usize..81,
+        ) {
+            let mut whole = String::new();
+            write_json_str(&mut whole, &text).unwrap();
+            proptest::prop_assert_eq!(&whole, &serde_json::to_string(&text).unwrap());
+            let cut = (0..=cut.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let mut pieces = String::from("\"");
+            {
+                use std::fmt::Write as _;
+                let mut escaped = JsonEscaped(&mut pieces);
+                escaped.write_str(&text[..cut]).unwrap();
+                escaped.write_str(&text[cut..]).unwrap();
+            }
+            pieces.push('"');
+            proptest::prop_assert_eq!(&pieces, &whole);
+        }
+    }
+
+    #[test]
+    fn every_byte_that_json_escapes_is_found_at_every_position() {
+        for position in 0..24 {
+            for byte in 0u8..=0x7f {
+                let mut bytes = vec![b'a'; 24];
+                bytes[position] = byte;
+                let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                assert_eq!(needs_escaping(&bytes), expected, "byte {byte:#x} at {position}");
+            }
+        }
+        assert!(!needs_escaping("é, ü, 日本, emoji 🦀, all above 0x7f".as_bytes()));
     }
 
     #[test]
