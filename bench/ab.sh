@@ -21,22 +21,10 @@ DURATION="${BENCH_DURATION:-5}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]] \
     || { echo "BENCH_DURATION and BENCH_ROUNDS must be whole numbers" >&2; exit 2; }
-DB_SERVER="${BENCH_DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}"
-DB_SERVER="${DB_SERVER%/}"
-REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 DB="keel_ab_$$"
-SECRET_KEY="$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TICKS=$(getconf CLK_TCK)
-SERVER_PID=""
-
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    psql -q "$DB_SERVER/postgres" -c "drop database if exists $DB" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the
 # command name in field 2 has no spaces here).
@@ -46,34 +34,15 @@ cpu_ticks() {
 
 measure() {
     local binary=$1 port
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    env APP_ENV=development \
-        BIND_ADDR="127.0.0.1:$port" \
-        DATABASE_URL="$DB_SERVER/$DB?sslmode=disable" \
-        REDIS_URL="$REDIS_URL" \
-        SECRET_KEY="$SECRET_KEY" \
-        RATE_LIMIT_PER_SECOND=1000000 \
-        RATE_LIMIT_BURST=1000000 \
-        LOG_FORMAT=json \
-        "$binary" serve >/dev/null 2>&1 &
-    SERVER_PID=$!
-    local ready=0
-    for _ in $(seq 1 300); do
-        if curl -fs "http://127.0.0.1:$port/health/live" >/dev/null 2>&1; then
-            ready=1
-            break
-        fi
-        sleep 0.05
-    done
-    ((ready)) || { echo "$binary did not become ready" >&2; exit 1; }
+    port=$(free_port)
+    start_server "$port" /dev/null "$binary" serve
+    wait_answering "$port" 15
     wrk -t2 -c64 -d2s "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
     local before after output
     before=$(cpu_ticks "$SERVER_PID")
     output=$(wrk -t2 -c64 -d"${DURATION}s" "http://127.0.0.1:$port$REQUEST_PATH")
     after=$(cpu_ticks "$SERVER_PID")
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    stop_server
     local requests rate
     requests=$(awk '/requests in/ {print $1}' <<<"$output")
     rate=$(awk '/Requests\/sec/ {print $2}' <<<"$output")

@@ -28,25 +28,10 @@ done
 REQUEST_PATH="${BENCH_PATH:-/}"
 DURATION="${BENCH_DURATION:-10}"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_DURATION must be whole seconds" >&2; exit 2; }
-DB_SERVER="${BENCH_DATABASE_SERVER:-postgres://postgres@127.0.0.1:5432}"
-DB_SERVER="${DB_SERVER%/}"
-REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379}"
 DB="keel_instructions_$$"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keel-instructions.XXXXXX")
-SERVER_PID=""
-
-cleanup() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-    psql -q "$DB_SERVER/postgres" -c "drop database if exists $DB" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 measure() {
     local binary=$1 port label out
@@ -58,36 +43,16 @@ measure() {
         [[ -s "$WORK/body.html" ]] || { echo "list a keel binary before bare_hello" >&2; exit 2; }
         command=("$binary" "127.0.0.1:$port" "$WORK/body.html")
     fi
-    env APP_ENV=development \
-        BIND_ADDR="127.0.0.1:$port" \
-        DATABASE_URL="$DB_SERVER/$DB?sslmode=disable" \
-        REDIS_URL="$REDIS_URL" \
-        SECRET_KEY="$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
-        RATE_LIMIT_PER_SECOND=1000000 \
-        RATE_LIMIT_BURST=1000000 \
-        LOG_FORMAT=json \
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-        "${command[@]}" >"$WORK/$label.log" 2>&1 &
-    SERVER_PID=$!
-    local ready=0
-    for _ in $(seq 1 600); do
-        if curl -fs "http://127.0.0.1:$port/health/live" >/dev/null 2>&1 \
-            || curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1; then
-            ready=1
-            break
-        fi
-        sleep 0.1
-    done
-    ((ready)) || { echo "$binary did not become ready; log: $WORK/$label.log" >&2; exit 1; }
+    start_server "$port" "$WORK/$label.log" \
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" "${command[@]}"
+    wait_answering "$port" 60
     [[ -s "$WORK/body.html" ]] || curl -fs "http://127.0.0.1:$port/" -o "$WORK/body.html"
     wrk -t1 -c4 -d2s "http://127.0.0.1:$port$REQUEST_PATH" >/dev/null
     callgrind_control -i on "$SERVER_PID" >/dev/null 2>&1
     wrk -t1 -c4 -d"${DURATION}s" "http://127.0.0.1:$port$REQUEST_PATH" >"$WORK/$label.wrk"
     callgrind_control -i off "$SERVER_PID" >/dev/null 2>&1
     callgrind_control -d "$SERVER_PID" >/dev/null 2>&1
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+    stop_server
     local requests total
     requests=$(awk '/requests in/ {print $1}' "$WORK/$label.wrk")
     total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')

@@ -555,6 +555,16 @@ mod tests {
         empty.in_scope(|| tracing::info!(not_a_number = f64::NAN, "inside a span without fields"));
     }
 
+    /// A subscriber writing keel's JSON lines into `captured`.
+    fn ours_into(captured: &Captured) -> impl tracing::Subscriber {
+        tracing_subscriber::registry().with(
+            fmt::layer()
+                .fmt_fields(JsonMembers)
+                .event_format(JsonLines)
+                .with_writer(captured.clone()),
+        )
+    }
+
     fn lines_of(captured: &Captured) -> Vec<serde_json::Value> {
         captured
             .text()
@@ -625,12 +635,7 @@ mod tests {
             }
         }
         let ours = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .fmt_fields(JsonMembers)
-                .event_format(JsonLines)
-                .with_writer(ours.clone()),
-        );
+        let subscriber = ours_into(&ours);
         tracing::subscriber::with_default(subscriber, || {
             let outer = tracing::info_span!("outer", value = ?OpensASpan, n = 1_u64);
             outer.in_scope(|| tracing::info!("from outside"));
@@ -660,12 +665,7 @@ mod tests {
     #[test]
     fn json_lines_say_what_the_libraries_json_format_says() {
         let ours = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .fmt_fields(JsonMembers)
-                .event_format(JsonLines)
-                .with_writer(ours.clone()),
-        );
+        let subscriber = ours_into(&ours);
         tracing::subscriber::with_default(subscriber, emit);
         let reference = Captured::default();
         let subscriber = tracing_subscriber::registry().with(

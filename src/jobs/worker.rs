@@ -405,13 +405,8 @@ async fn execute(
                 Ok(()) => break,
                 Err(error) if Instant::now() < give_up && !shutdown.is_cancelled() => {
                     tracing::warn!(%error, "recording the job's outcome failed; retrying");
-                    if unless_stopped(&shutdown, tokio::time::sleep(OUTCOME_RETRY_EVERY))
-                        .await
-                        .is_none()
-                    {
-                        tracing::error!("stopping: the job's outcome is not recorded; it will run again");
-                        break;
-                    }
+                    // A pause the shutdown cuts short: then one last try.
+                    let _ = unless_stopped(&shutdown, tokio::time::sleep(OUTCOME_RETRY_EVERY)).await;
                 }
                 Err(error) => {
                     tracing::error!(%error, "recording the job's outcome failed; it will run again");
