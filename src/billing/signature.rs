@@ -4,7 +4,7 @@
 //! The webhook endpoint is public and unauthenticated, so this check is the only thing standing
 //! between anyone on the internet and keel's subscription state. It is pure (the caller passes
 //! the raw body and the clock) so it is tested against the cases transcribed from the official
-//! libraries' own test suites (`shared/stripe/signature_cases.json`).
+//! libraries' own test suites (`tests/fixtures/stripe/signature_cases.json`).
 //!
 //! A header looks like `t=1735689600,v1=<hex>,v1=<hex>,v0=<hex>`. A delivery is accepted when
 //! - every comma-separated element is `key=value`, with exactly one `t` made of ASCII digits;
@@ -188,7 +188,7 @@ mod tests {
 
     const CASES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/stripe/signature_cases.json"
+        "/tests/fixtures/stripe/signature_cases.json"
     );
     const NOW: i64 = 1_735_689_600;
 
@@ -246,7 +246,7 @@ mod tests {
             .unwrap_or_else(|| panic!("{key} missing in {case}"))
     }
 
-    /// The header as `shared/stripe/README.md` describes it; `None` when absent.
+    /// The header as `tests/fixtures/stripe/README.md` describes it; `None` when absent.
     fn build_header(case: &Value, name: &str, now: i64, payload: &str) -> Option<String> {
         let header = &case["header"];
         if header["absent"] == true {

@@ -152,22 +152,22 @@ pub async fn store(
 mod tests {
     use super::*;
 
-    fn shared_event(name: &str) -> Vec<u8> {
-        let path = format!("{}/../shared/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    fn fixture_event(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
-    fn every_shared_event_parses_in_both_api_shapes() {
+    fn every_fixture_event_parses_in_both_api_shapes() {
         for dir in ["", "legacy_2025-02-24.acacia/"] {
-            let folder = format!("{}/../shared/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let folder = format!("{}/tests/fixtures/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
             let mut seen = 0;
             for entry in std::fs::read_dir(&folder).unwrap() {
                 let name = entry.unwrap().file_name().into_string().unwrap();
                 if !name.ends_with(".json") || name.starts_with('_') {
                     continue;
                 }
-                let envelope = Envelope::parse(&shared_event(&format!("{dir}{name}"))).unwrap();
+                let envelope = Envelope::parse(&fixture_event(&format!("{dir}{name}"))).unwrap();
                 assert_eq!(format!("{}.json", envelope.kind), name);
                 assert!(envelope.id.starts_with("evt_"));
                 seen += 1;

@@ -1,4 +1,4 @@
-//! Stripe event processing end to end: the shared events (both API shapes), signed and
+//! Stripe event processing end to end: the Stripe fixture events (tests/fixtures/stripe) (both API shapes), signed and
 //! delivered to `/webhooks/stripe`, processed by the app's own worker, emails counted at the
 //! tests' SMTP server.
 
@@ -25,9 +25,9 @@ const PATIENCE: Duration = Duration::from_secs(40);
 
 const SHAPES: [&str; 2] = ["", "legacy_2025-02-24.acacia/"];
 
-/// A shared event, from the shape's folder when it has one, else the basil one.
+/// A fixture event, from the shape's folder when it has one, else the basil one.
 fn event(shape: &str, name: &str) -> Value {
-    let root = format!("{}/../shared/stripe/events", env!("CARGO_MANIFEST_DIR"));
+    let root = format!("{}/tests/fixtures/stripe/events", env!("CARGO_MANIFEST_DIR"));
     let path = [
         format!("{root}/{shape}{name}.json"),
         format!("{root}/{name}.json"),
@@ -622,7 +622,7 @@ async fn when_the_grace_period_ends_the_owner_is_told_once() {
     );
 }
 
-/// The team in dunning on the renewal invoice (attempt 1 failed), as in the shared events.
+/// The team in dunning on the renewal invoice (attempt 1 failed), as in the Stripe fixture events (tests/fixtures/stripe).
 async fn in_dunning(billing: &Billing) -> Value {
     billing.deliver(&billing.checkout("")).await;
     billing.deliver(&event("", "customer.subscription.created")).await;

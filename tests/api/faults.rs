@@ -374,11 +374,11 @@ fn start_keel(args: &[&str], env: &[(&'static str, String)]) -> ChildGuard {
     ChildGuard(child)
 }
 
-/// invoice.payment_failed (the shared basil event) for invoice `n` of `sub_kill`: each asks
+/// invoice.payment_failed (the basil fixture event) for invoice `n` of `sub_kill`: each asks
 /// for one dunning email, `dunning:in_kill_<n>:1`.
 fn payment_failed(n: usize) -> (String, String) {
     let path = format!(
-        "{}/../shared/stripe/events/invoice.payment_failed.json",
+        "{}/tests/fixtures/stripe/events/invoice.payment_failed.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let mut event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

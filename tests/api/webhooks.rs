@@ -12,8 +12,8 @@ use crate::helpers::{
 
 const SECRET: &str = "whsec_test_secret_for_keel";
 
-fn shared_event(name: &str) -> Vec<u8> {
-    let path = format!("{}/../shared/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
+fn fixture_event(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -70,7 +70,7 @@ async fn stored(app: &TestApp) -> (i64, i64) {
 #[tokio::test]
 async fn a_signed_event_is_stored_with_its_processing_job_and_a_redelivery_changes_nothing() {
     let app = app_with_secret(SECRET).await;
-    let body = shared_event("checkout.session.completed.json");
+    let body = fixture_event("checkout.session.completed.json");
     for _ in 0..3 {
         let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -102,7 +102,7 @@ async fn a_signed_event_is_stored_with_its_processing_job_and_a_redelivery_chang
 #[tokio::test]
 async fn concurrent_deliveries_of_one_event_store_it_once() {
     let app = app_with_secret(SECRET).await;
-    let body = shared_event("invoice.payment_failed.json");
+    let body = fixture_event("invoice.payment_failed.json");
     let header = signature(SECRET, &body, now());
     let responses = join_all((0..12).map(|_| deliver(&app, &body, Some(&header)))).await;
     for response in responses {
@@ -112,17 +112,17 @@ async fn concurrent_deliveries_of_one_event_store_it_once() {
 }
 
 #[tokio::test]
-async fn every_shared_event_in_both_api_shapes_and_unknown_types_are_acknowledged() {
+async fn every_fixture_event_in_both_api_shapes_and_unknown_types_are_acknowledged() {
     let app = app_with_secret(SECRET).await;
     let mut sent = 0;
     for dir in ["", "legacy_2025-02-24.acacia/"] {
-        let folder = format!("{}/../shared/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let folder = format!("{}/tests/fixtures/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
         for entry in std::fs::read_dir(folder).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
             if !name.ends_with(".json") || name.starts_with('_') {
                 continue;
             }
-            let body = shared_event(&format!("{dir}{name}"));
+            let body = fixture_event(&format!("{dir}{name}"));
             let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
             assert_eq!(response.status(), StatusCode::OK, "{dir}{name}");
             sent += 1;
@@ -139,7 +139,7 @@ async fn every_shared_event_in_both_api_shapes_and_unknown_types_are_acknowledge
 #[tokio::test]
 async fn a_bad_signature_is_400_and_nothing_is_stored() {
     let app = app_with_secret(SECRET).await;
-    let body = shared_event("customer.subscription.updated.json");
+    let body = fixture_event("customer.subscription.updated.json");
     let mut tampered = body.clone();
     let at = tampered.iter().position(|b| *b == b'1').unwrap();
     tampered[at] = b'2';
@@ -177,8 +177,8 @@ async fn a_bad_signature_is_400_and_nothing_is_stored() {
 #[tokio::test]
 async fn during_a_secret_rotation_both_secrets_are_accepted() {
     let app = app_with_secret("whsec_old_one,whsec_new_one").await;
-    let first = shared_event("customer.updated.json");
-    let second = shared_event("customer.deleted.json");
+    let first = fixture_event("customer.updated.json");
+    let second = fixture_event("customer.deleted.json");
     let old = deliver(&app, &first, Some(&signature("whsec_old_one", &first, now()))).await;
     assert_eq!(old.status(), StatusCode::OK);
     // Stripe signs with every active secret while one is rolled: one v1 each.
@@ -211,7 +211,7 @@ async fn a_verified_body_that_is_not_an_event_is_400() {
 #[tokio::test]
 async fn without_a_secret_the_webhook_answers_503_so_stripe_retries() {
     let app = spawn_app_with(|_| {}).await;
-    let body = shared_event("invoice.paid.json");
+    let body = fixture_event("invoice.paid.json");
     let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -239,7 +239,7 @@ async fn with_the_database_down_the_webhook_answers_503_quickly_so_stripe_retrie
     })
     .await;
     proxy.kill();
-    let body = shared_event("invoice.payment_failed.json");
+    let body = fixture_event("invoice.payment_failed.json");
     let started = std::time::Instant::now();
     let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -267,7 +267,7 @@ async fn a_stored_event_wakes_the_workers_after_its_commit() {
         .await
         .unwrap();
     listener.listen("keel_jobs").await.unwrap();
-    let body = shared_event("invoice.paid.json");
+    let body = fixture_event("invoice.paid.json");
     let response = deliver(&app, &body, Some(&signature(SECRET, &body, now()))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let heard = tokio::time::timeout(Duration::from_secs(1), listener.recv()).await;
