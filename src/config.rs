@@ -21,7 +21,7 @@ pub mod defaults {
     pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
     pub const STRIPE_API_BASE: &str = "https://api.stripe.com";
-    pub const EMAIL_FROM: &str = "keel <noreply@localhost>";
+    pub const EMAIL_FROM: &str = concat!(env!("CARGO_PKG_NAME"), " <noreply@localhost>");
     pub const RATE_LIMIT_PER_SECOND: u32 = 10;
     pub const RATE_LIMIT_BURST: u32 = 50;
     pub const AUTH_RATE_LIMIT_PER_MINUTE: u32 = 10;

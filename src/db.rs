@@ -50,7 +50,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
                 Ok(true)
             })
         })
-        .connect_lazy_with(options.application_name("keel"));
+        .connect_lazy_with(options.application_name(crate::NAME));
     if !config.is_production() {
         match pool.acquire().await {
             Ok(_) => {}

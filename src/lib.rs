@@ -46,5 +46,10 @@ pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
     }
 }
 
+/// The product's name, on pages, in emails, in `/health` (`serviceId`), as the database
+/// `application_name` and in the `EMAIL_FROM` default. It is the crate's name: Cargo.toml is
+/// the one place it is set, and `scripts/rename.sh NEW_NAME` renames a fork everywhere else.
+pub const NAME: &str = env!("CARGO_PKG_NAME");
+
 pub use app::App;
 pub use config::Config;

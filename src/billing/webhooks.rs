@@ -120,7 +120,7 @@ pub async fn store(
     // with it, concurrent deliveries would commit one at a time (see jobs::Waker); the
     // workers are woken after the commit instead.
     let enqueued = sqlx::query_scalar!(
-        r#"WITH quiet AS (SELECT set_config('keel.jobs_notify', 'off', true)),
+        r#"WITH quiet AS (SELECT set_config($10, 'off', true)),
                 event AS (
                INSERT INTO stripe_events (id, type, api_version, livemode, created, payload)
                VALUES ($1, $2, $3, $4, $5, $6)
@@ -138,6 +138,7 @@ pub async fn store(
         job.kind,
         job.payload,
         job.max_attempts,
+        jobs::NOTIFY_OPT_OUT,
     )
     .fetch_optional(db)
     .await?;
@@ -153,14 +154,20 @@ mod tests {
     use super::*;
 
     fn fixture_event(name: &str) -> Vec<u8> {
-        let path = format!("{}/tests/fixtures/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/stripe/events/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
     fn every_fixture_event_parses_in_both_api_shapes() {
         for dir in ["", "legacy_2025-02-24.acacia/"] {
-            let folder = format!("{}/tests/fixtures/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let folder = format!(
+                "{}/tests/fixtures/stripe/events/{dir}",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let mut seen = 0;
             for entry in std::fs::read_dir(&folder).unwrap() {
                 let name = entry.unwrap().file_name().into_string().unwrap();

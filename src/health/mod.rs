@@ -108,7 +108,7 @@ impl HealthChecker {
             status,
             version: "1",
             release_id: env!("CARGO_PKG_VERSION"),
-            service_id: "keel",
+            service_id: crate::NAME,
             checks: BTreeMap::from([
                 ("postgres:responseTime", [checks.postgres.clone()]),
                 ("redis:responseTime", [checks.redis.clone()]),

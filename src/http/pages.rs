@@ -41,7 +41,7 @@ impl Layout {
     /// The layout for nobody in particular (error pages).
     pub fn new() -> Self {
         Self {
-            app_name: "keel",
+            app_name: crate::NAME,
             stylesheet: assets::APP_CSS,
             favicon: assets::FAVICON_SVG,
             user: None,

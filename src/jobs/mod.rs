@@ -34,8 +34,8 @@ use crate::{
 };
 
 pub use queue::{
-    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, NewJob, enqueue,
-    enqueue_with, list_failed, purge_dead, retry,
+    AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, NOTIFY_OPT_OUT, NewJob,
+    enqueue, enqueue_with, list_failed, purge_dead, retry,
 };
 pub use schedule::Schedule;
 pub use waker::Waker;

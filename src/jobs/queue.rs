@@ -12,8 +12,11 @@ use super::Job;
 
 pub type JobId = i64;
 
-/// The channel the `jobs_notify` trigger notifies on every insert.
+/// The channel the `jobs_notify` trigger notifies on every insert. The trigger spells it, and
+/// [`NOTIFY_OPT_OUT`], in SQL (migrations); `scripts/rename.sh` changes all three together.
 pub const NOTIFY_CHANNEL: &str = "keel_jobs";
+/// The setting a transaction turns `off` to enqueue without that notification (see `Waker`).
+pub const NOTIFY_OPT_OUT: &str = "keel.jobs_notify";
 
 /// Longest error text kept with a job.
 const MAX_ERROR_LEN: usize = 2000;

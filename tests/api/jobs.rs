@@ -233,6 +233,43 @@ async fn a_new_job_wakes_an_idle_worker_at_once() {
     );
 }
 
+/// The channel and the opt-out setting are spelled in Rust and in the trigger (SQL): a rename
+/// that changed only one side would leave workers polling, or webhook ingest notifying.
+#[tokio::test]
+async fn the_trigger_notifies_on_the_channel_workers_listen_to_unless_opted_out() {
+    let (_database, pool) = queue_database().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
+    listener.listen(jobs::NOTIFY_CHANNEL).await.unwrap();
+
+    let mut quiet = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config($1, 'off', true)")
+        .bind(jobs::NOTIFY_OPT_OUT)
+        .execute(&mut *quiet)
+        .await
+        .unwrap();
+    jobs::enqueue(
+        &mut quiet,
+        &Record {
+            label: "quiet".into(),
+        },
+    )
+    .await
+    .unwrap();
+    quiet.commit().await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(heard.is_err(), "opted out, yet notified: {heard:?}");
+
+    let mut conn = pool.acquire().await.unwrap();
+    jobs::enqueue(&mut conn, &Record { label: "loud".into() })
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert_eq!(
+        heard.expect("no notification").unwrap().channel(),
+        jobs::NOTIFY_CHANNEL
+    );
+}
+
 #[tokio::test]
 async fn a_failing_job_backs_off_goes_dead_and_can_be_revived_with_keel_jobs_retry() {
     let (database, pool) = queue_database().await;
