@@ -212,19 +212,25 @@ async fn a_new_job_wakes_an_idle_worker_at_once() {
         ..fast_config()
     };
     let _worker = start_worker_with(&pool, Schedule::new(), config).drop_guard();
-    tokio::time::sleep(Duration::from_millis(300)).await; // idle: sleeping on LISTEN
-    let started = Instant::now();
     let mut conn = pool.acquire().await.unwrap();
+    // A first job proves the worker past its start (on a busy machine that can take longer
+    // than any fixed pause, and a job enqueued before its first claim would prove nothing).
+    jobs::enqueue(
+        &mut conn,
+        &Record {
+            label: "started".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let runs = "SELECT count(*) FROM test_job_runs";
+    wait_for_count(&pool, runs, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle: sleeping on LISTEN
+    let started = Instant::now();
     jobs::enqueue(&mut conn, &Record { label: "wake".into() })
         .await
         .unwrap();
-    wait_for_count(
-        &pool,
-        "SELECT count(*) FROM test_job_runs",
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_for_count(&pool, runs, 2, Duration::from_secs(5)).await;
     // Far below the 5 s poll: the notification woke it.
     assert!(
         started.elapsed() < Duration::from_millis(1500),
