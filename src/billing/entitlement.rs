@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-/// What keel knows of a team's subscription.
+use crate::domain::SubscriptionStatus;
+
+/// A team's subscription as keel holds it (loaded with the session, shown on `/billing`).
 #[derive(Clone, Debug)]
-pub struct Standing {
-    pub status: String,
+pub struct Subscription {
+    pub status: SubscriptionStatus,
     pub price_id: Option<String>,
     pub current_period_end: Option<OffsetDateTime>,
     pub cancel_at_period_end: bool,
@@ -23,37 +25,21 @@ pub struct Standing {
     pub state_as_of: OffsetDateTime,
 }
 
-impl Standing {
+impl Subscription {
     /// When paid access ends because of failed payments, if it does.
     pub fn access_ends_at(&self, grace: Duration) -> Option<OffsetDateTime> {
         self.payment_failed_at.map(|failed| failed + grace)
     }
 
     pub fn entitled(&self, grace: Duration, now: OffsetDateTime) -> bool {
-        let in_good_status = matches!(self.status.as_str(), "active" | "trialing" | "past_due");
         let within_grace = match self.access_ends_at(grace) {
             Some(ends) => now < ends,
             // past_due with no failed invoice known (its event is late or was lost): the grace
             // period counts from when the subscription went past due.
-            None if self.status == "past_due" => now < self.state_as_of + grace,
+            None if self.status == SubscriptionStatus::PastDue => now < self.state_as_of + grace,
             None => true,
         };
-        in_good_status && within_grace
-    }
-
-    /// Stripe's status in words, as `/billing` shows it.
-    pub fn status_in_words(&self) -> &'static str {
-        match self.status.as_str() {
-            "active" => "Active",
-            "trialing" => "Trialing",
-            "past_due" => "Past due",
-            "unpaid" => "Unpaid",
-            "canceled" => "Canceled",
-            "incomplete" => "Incomplete",
-            "incomplete_expired" => "Expired",
-            "paused" => "Paused",
-            _ => "Unknown",
-        }
+        self.status.may_entitle() && within_grace
     }
 }
 
@@ -63,9 +49,9 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
-    fn standing(status: &str, failed_days_ago: Option<u64>, now: OffsetDateTime) -> Standing {
-        Standing {
-            status: status.to_owned(),
+    fn subscription(status: &str, failed_days_ago: Option<u64>, now: OffsetDateTime) -> Subscription {
+        Subscription {
+            status: SubscriptionStatus::parse(status),
             price_id: None,
             current_period_end: None,
             cancel_at_period_end: false,
@@ -79,13 +65,13 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let grace = 7 * DAY;
         for status in ["active", "trialing", "past_due"] {
-            assert!(standing(status, None, now).entitled(grace, now), "{status}");
+            assert!(subscription(status, None, now).entitled(grace, now), "{status}");
             assert!(
-                standing(status, Some(6), now).entitled(grace, now),
+                subscription(status, Some(6), now).entitled(grace, now),
                 "{status} within grace"
             );
             assert!(
-                !standing(status, Some(7), now).entitled(grace, now),
+                !subscription(status, Some(7), now).entitled(grace, now),
                 "{status} grace over"
             );
         }
@@ -97,31 +83,31 @@ mod tests {
             "paused",
             "new_status",
         ] {
-            assert!(!standing(status, None, now).entitled(grace, now), "{status}");
+            assert!(!subscription(status, None, now).entitled(grace, now), "{status}");
         }
     }
 
     #[test]
     fn a_zero_grace_period_stops_access_at_the_first_failure() {
         let now = OffsetDateTime::now_utc();
-        assert!(!standing("past_due", Some(0), now).entitled(Duration::ZERO, now));
-        assert!(!standing("past_due", None, now).entitled(Duration::ZERO, now));
-        let mut long_past_due = standing("past_due", None, now);
+        assert!(!subscription("past_due", Some(0), now).entitled(Duration::ZERO, now));
+        assert!(!subscription("past_due", None, now).entitled(Duration::ZERO, now));
+        let mut long_past_due = subscription("past_due", None, now);
         long_past_due.state_as_of = now - 30 * DAY;
         assert!(
             !long_past_due.entitled(7 * DAY, now),
             "no failure known: grace from past_due"
         );
-        assert!(!standing("active", Some(0), now).entitled(Duration::ZERO, now));
-        assert!(standing("active", None, now).entitled(Duration::ZERO, now));
+        assert!(!subscription("active", Some(0), now).entitled(Duration::ZERO, now));
+        assert!(subscription("active", None, now).entitled(Duration::ZERO, now));
     }
 
     #[test]
     fn access_ends_a_grace_period_after_the_first_failure() {
         let now = OffsetDateTime::now_utc();
-        let late = standing("past_due", Some(2), now);
+        let late = subscription("past_due", Some(2), now);
         assert_eq!(late.access_ends_at(7 * DAY), Some(now - 2 * DAY + 7 * DAY));
-        assert_eq!(standing("active", None, now).access_ends_at(7 * DAY), None);
-        assert_eq!(late.status_in_words(), "Past due");
+        assert_eq!(subscription("active", None, now).access_ends_at(7 * DAY), None);
+        assert_eq!(late.status.in_words(), "Past due");
     }
 }

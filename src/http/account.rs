@@ -31,9 +31,9 @@ pub async fn dashboard(
     layout: Layout,
 ) -> Result<Html<String>> {
     let now = time::OffsetDateTime::now_utc();
-    let plan = match &user.session.billing {
-        Some(standing) if standing.entitled(state.config.grace_period(), now) => {
-            billing::plan_name(&state.config, standing.price_id.as_deref())
+    let plan = match &user.session.subscription {
+        Some(subscription) if subscription.entitled(state.config.grace_period(), now) => {
+            billing::plan_name(&state.config, subscription.price_id.as_deref())
         }
         _ => "Free".to_owned(),
     };

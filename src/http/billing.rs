@@ -22,7 +22,7 @@ use super::{
 use crate::{
     billing::{
         checkout::{self, CheckoutRefused, Payer},
-        entitlement::Standing,
+        entitlement::Subscription,
         stripe::Stripe,
     },
     config::Config,
@@ -41,8 +41,8 @@ impl FromRequestParts<AppState> for RequireEntitlement {
         let user = CurrentUser::from_request_parts(parts, state)
             .await
             .map_err(NotSignedIn::into_response)?;
-        let entitled = user.session.billing.as_ref().is_some_and(|standing| {
-            standing.entitled(state.config.grace_period(), OffsetDateTime::now_utc())
+        let entitled = user.session.subscription.as_ref().is_some_and(|subscription| {
+            subscription.entitled(state.config.grace_period(), OffsetDateTime::now_utc())
         });
         if entitled {
             Ok(RequireEntitlement(user))
@@ -67,28 +67,18 @@ pub async fn pro(RequireEntitlement(user): RequireEntitlement, layout: Layout) -
     })
 }
 
-/// The team's subscription as `/billing` shows it.
-struct Subscription {
-    plan: String,
-    status: &'static str,
-    renews_on: Option<String>,
-    cancels_at_period_end: bool,
-    /// "Past due" and friends: the date paid access ends, or that it has.
-    dunning: Option<Dunning>,
-}
-
 pub struct Dunning {
     /// The last day of paid access, e.g. "2026-12-01".
     pub access_ends_on: String,
     pub access_ended: bool,
 }
 
-/// The dunning state of a standing, for the banner and `/billing`.
-pub fn dunning(standing: &Standing, config: &Config, now: OffsetDateTime) -> Option<Dunning> {
-    let ends = standing.access_ends_at(config.grace_period())?;
+/// The dunning state of a subscription, for the banner and `/billing`.
+pub fn dunning(subscription: &Subscription, config: &Config, now: OffsetDateTime) -> Option<Dunning> {
+    let ends = subscription.access_ends_at(config.grace_period())?;
     Some(Dunning {
         access_ends_on: ends.date().to_string(),
-        access_ended: !standing.entitled(config.grace_period(), now),
+        access_ended: !subscription.entitled(config.grace_period(), now),
     })
 }
 
@@ -108,6 +98,10 @@ struct BillingPage {
     layout: Layout,
     team_name: String,
     subscription: Option<Subscription>,
+    /// The subscription's plan, as people read it.
+    plan_name: String,
+    /// Failed payments: the date paid access ends, or that it has.
+    dunning: Option<Dunning>,
     configured: bool,
     /// Only the owner manages billing; others see the state.
     may_manage: bool,
@@ -131,13 +125,15 @@ pub async fn billing(
     Query(query): Query<BillingQuery>,
 ) -> Result<Html<String>> {
     let now = OffsetDateTime::now_utc();
-    let subscription = user.session.billing.as_ref().map(|standing| Subscription {
-        plan: plan_name(&state.config, standing.price_id.as_deref()),
-        status: standing.status_in_words(),
-        renews_on: standing.current_period_end.map(|end| end.date().to_string()),
-        cancels_at_period_end: standing.cancel_at_period_end,
-        dunning: dunning(standing, &state.config, now),
-    });
+    let may_manage = is_owner(&user);
+    let subscription = user.session.subscription;
+    let plan_name = plan_name(
+        &state.config,
+        subscription.as_ref().and_then(|s| s.price_id.as_deref()),
+    );
+    let dunning = subscription
+        .as_ref()
+        .and_then(|subscription| dunning(subscription, &state.config, now));
     let plans = state
         .config
         .stripe
@@ -145,12 +141,13 @@ pub async fn billing(
         .iter()
         .map(|price| (price.plan.to_string(), price.plan.display_name()))
         .collect();
-    let may_manage = is_owner(&user);
     render(&BillingPage {
         layout,
         team_name: user.session.team_name,
         checkout_pending: subscription.is_none() && query.checkout.as_deref() == Some("success"),
         subscription,
+        plan_name,
+        dunning,
         configured: state.stripe.is_some(),
         may_manage,
         csrf_token,
