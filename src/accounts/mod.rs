@@ -26,7 +26,7 @@ pub use self::{
 };
 use crate::{
     cache::Cache,
-    domain::{EmailAddress, NewPassword},
+    domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
     jobs::{self, Job, JobContext},
     mail::{self, Mailer, PasswordChanged, PasswordReset, VerifyEmail},
@@ -109,9 +109,10 @@ impl Accounts {
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query!(
-            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, 'owner')",
+            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, $3)",
             team_id,
             user_id,
+            Role::Owner.as_str(),
         )
         .execute(&mut *tx)
         .await?;
@@ -135,9 +136,10 @@ impl Accounts {
              FROM users u
              JOIN memberships m ON m.user_id = u.id
              WHERE lower(u.email) = lower($1)
-             ORDER BY (m.role = 'owner') DESC, m.created_at
+             ORDER BY (m.role = $2) DESC, m.created_at
              LIMIT 1",
             email.as_str(),
+            Role::Owner.as_str(),
         )
         .fetch_optional(&self.db)
         .await?;

@@ -13,7 +13,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::SecretToken;
-use crate::{billing::entitlement::Subscription, domain::SubscriptionStatus, error::Result};
+use crate::{
+    billing::entitlement::Subscription,
+    domain::{Role, SubscriptionStatus},
+    error::Result,
+};
 
 /// A session not used for this long has ended.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -30,7 +34,7 @@ pub struct Session {
     pub email_verified: bool,
     pub team_id: Uuid,
     pub team_name: String,
-    pub role: String,
+    pub role: Role,
     /// The team's subscription as keel last learned it (for entitlement and the banners).
     pub subscription: Option<Subscription>,
 }
@@ -63,7 +67,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let id_hash = token.digest();
     let row = sqlx::query!(
         r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
-                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role,
+                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role AS "role: Role",
                   sub.status AS "sub_status?: SubscriptionStatus", sub.price_id AS "sub_price_id?",
                   sub.current_period_end AS "sub_period_end?",
                   sub.cancel_at_period_end AS "sub_cancel_at_period_end?",

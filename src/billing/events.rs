@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::webhooks::ProcessStripeEvent;
 use crate::{
-    domain::SubscriptionStatus,
+    domain::{Role, SubscriptionStatus},
     jobs::{Job, JobContext, Permanent},
     mail::{
         self, AccessPaused, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
@@ -343,13 +343,14 @@ async fn subscription_invoice<'a>(
     let row = sqlx::query!(
         r#"SELECT u.email AS "email?"
            FROM subscriptions s
-           LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = $2
            LEFT JOIN users u ON u.id = m.user_id
            WHERE s.id = $1
            ORDER BY m.created_at
            LIMIT 1
            FOR UPDATE OF s"#,
-        subscription
+        subscription,
+        Role::Owner.as_str(),
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -515,8 +516,9 @@ async fn trial_will_end(
     let team = team_of(tx, id, customer, subscription).await?;
     let owner = sqlx::query_scalar!(
         "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
-        team
+         WHERE m.team_id = $1 AND m.role = $2 ORDER BY m.created_at LIMIT 1",
+        team,
+        Role::Owner.as_str(),
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -560,13 +562,14 @@ pub async fn notify_grace_ended(db: &PgPool, mailer: &Mailer, grace_period_days:
     let ended = sqlx::query!(
         r#"SELECT s.id, s.payment_failed_at AS "payment_failed_at!", u.email
            FROM subscriptions s
-           JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           JOIN memberships m ON m.team_id = s.team_id AND m.role = $3
            JOIN users u ON u.id = m.user_id
            WHERE s.payment_failed_at IS NOT NULL
              AND s.status = ANY($2)
              AND s.payment_failed_at + make_interval(days => $1) <= now()"#,
         i32::try_from(grace_period_days).unwrap_or(i32::MAX),
         SubscriptionStatus::entitling_sql(),
+        Role::Owner.as_str(),
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -36,8 +36,10 @@ use text_column;
 
 mod account;
 mod plan;
+mod role;
 mod subscription_status;
 
 pub use account::{EmailAddress, InvalidEmail, NewPassword, WeakPassword};
 pub use plan::PlanName;
+pub use role::{Role, UnknownRole};
 pub use subscription_status::SubscriptionStatus;

@@ -13,14 +13,18 @@ use serde::Deserialize;
 use super::{
     AppState, auth::page_with_status, billing, csrf::CsrfToken, pages::Layout, render, session::CurrentUser,
 };
-use crate::{accounts::WrongPassword, domain::NewPassword, error::Result};
+use crate::{
+    accounts::WrongPassword,
+    domain::{NewPassword, Role},
+    error::Result,
+};
 
 #[derive(Template)]
 #[template(path = "account/dashboard.html")]
 struct DashboardPage {
     layout: Layout,
     team_name: String,
-    role: String,
+    role: Role,
     /// The plan the team has paid access to, or "Free".
     plan: String,
 }
@@ -40,17 +44,9 @@ pub async fn dashboard(
     render(&DashboardPage {
         layout,
         team_name: user.session.team_name,
-        role: capitalized(&user.session.role),
+        role: user.session.role,
         plan,
     })
-}
-
-fn capitalized(word: &str) -> String {
-    let mut chars = word.chars();
-    chars
-        .next()
-        .map(|first| first.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }
 
 #[derive(Template)]

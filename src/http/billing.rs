@@ -125,7 +125,7 @@ pub async fn billing(
     Query(query): Query<BillingQuery>,
 ) -> Result<Html<String>> {
     let now = OffsetDateTime::now_utc();
-    let may_manage = is_owner(&user);
+    let may_manage = user.session.role.may_manage_billing();
     let subscription = user.session.subscription;
     let plan_name = plan_name(
         &state.config,
@@ -198,17 +198,13 @@ pub async fn portal(State(state): State<AppState>, user: CurrentUser) -> Result<
     Ok(Redirect::to(url.as_ref().map_or("/pricing", url::Url::as_str)).into_response())
 }
 
-fn is_owner(user: &CurrentUser) -> bool {
-    user.session.role == "owner"
-}
-
 /// The Stripe client, if this user may manage the team's billing.
 fn manager<'a>(state: &'a AppState, user: &CurrentUser) -> Result<&'a Stripe> {
     let stripe = state
         .stripe
         .as_ref()
         .ok_or_else(|| AppError::Conflict("Billing is not configured on this server.".to_owned()))?;
-    if !is_owner(user) {
+    if !user.session.role.may_manage_billing() {
         return Err(AppError::Forbidden(
             "Only the team's owner can manage its billing.".to_owned(),
         ));
