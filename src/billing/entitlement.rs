@@ -4,13 +4,17 @@
 //! SPEC: entitled while `active` or `trialing`, and while `past_due` until the grace period
 //! (counted from the first failed payment) ends. Not entitled: no subscription, `incomplete`,
 //! `incomplete_expired`, `unpaid`, `canceled`, `paused`, or past the grace period. A grace
-//! period of 0 days stops access at the first failure.
+//! period of 0 days stops access at the first failure. A feature sold on some plans only also
+//! asks which plan the subscription is for ([`Subscription::entitled_to`]).
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::domain::SubscriptionStatus;
+use crate::{
+    config::PlanPrice,
+    domain::{PlanName, SubscriptionStatus},
+};
 
 /// A team's subscription as keel holds it (loaded with the session, shown on `/billing`).
 #[derive(Clone, Debug)]
@@ -40,6 +44,31 @@ impl Subscription {
             None => true,
         };
         self.status.may_entitle() && within_grace
+    }
+
+    /// The plan this subscription is for: the `STRIPE_PRICES` entry selling its price; `None`
+    /// for a price keel is not configured with (an old price, one added in Stripe only).
+    pub fn plan<'p>(&self, prices: &'p [PlanPrice]) -> Option<&'p PlanName> {
+        let price_id = self.price_id.as_deref()?;
+        prices
+            .iter()
+            .find(|price| price.price_id == price_id)
+            .map(|price| &price.plan)
+    }
+
+    /// Entitled, and on one of `plans` (names as in `STRIPE_PRICES`): the decision behind
+    /// `RequirePlan`.
+    pub fn entitled_to(
+        &self,
+        plans: &[&str],
+        prices: &[PlanPrice],
+        grace: Duration,
+        now: OffsetDateTime,
+    ) -> bool {
+        let on_plan = self
+            .plan(prices)
+            .is_some_and(|plan| plans.contains(&plan.as_str()));
+        on_plan && self.entitled(grace, now)
     }
 }
 
@@ -85,6 +114,44 @@ mod tests {
         ] {
             assert!(!subscription(status, None, now).entitled(grace, now), "{status}");
         }
+    }
+
+    fn prices() -> Vec<PlanPrice> {
+        [("pro", "price_pro"), ("team", "price_team")]
+            .map(|(plan, price_id)| PlanPrice {
+                plan: PlanName::parse(plan).unwrap(),
+                price_id: price_id.to_owned(),
+            })
+            .to_vec()
+    }
+
+    #[test]
+    fn a_plan_gated_feature_refuses_a_team_on_another_plan() {
+        let now = OffsetDateTime::now_utc();
+        let grace = 7 * DAY;
+        let prices = prices();
+        let mut on_pro = subscription("active", None, now);
+        on_pro.price_id = Some("price_pro".to_owned());
+        assert_eq!(on_pro.plan(&prices).map(PlanName::as_str), Some("pro"));
+        assert!(on_pro.entitled_to(&["pro", "team"], &prices, grace, now));
+        assert!(
+            !on_pro.entitled_to(&["team"], &prices, grace, now),
+            "another plan"
+        );
+        assert!(!on_pro.entitled_to(&[], &prices, grace, now));
+
+        let mut canceled_team = subscription("canceled", None, now);
+        canceled_team.price_id = Some("price_team".to_owned());
+        assert!(
+            !canceled_team.entitled_to(&["team"], &prices, grace, now),
+            "not entitled"
+        );
+
+        let mut unknown_price = subscription("active", None, now);
+        unknown_price.price_id = Some("price_gone".to_owned());
+        assert_eq!(unknown_price.plan(&prices), None);
+        assert!(!unknown_price.entitled_to(&["pro", "team"], &prices, grace, now));
+        assert_eq!(subscription("active", None, now).plan(&prices), None, "no price");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub async fn dashboard(
     let now = time::OffsetDateTime::now_utc();
     let plan = match &user.session.subscription {
         Some(subscription) if subscription.entitled(state.config.grace_period(), now) => {
-            billing::plan_name(&state.config, subscription.price_id.as_deref())
+            billing::plan_in_words(subscription, &state.config)
         }
         _ => "Free".to_owned(),
     };

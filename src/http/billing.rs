@@ -1,6 +1,8 @@
 //! The billing pages: `/billing` (the team's subscription in words, and the dunning state),
-//! `/pro` (the example paid feature) and [`RequireEntitlement`], the guard a fork puts on its
-//! own paid routes.
+//! `/pro` (the example paid feature), and the guards a fork puts on its own paid routes:
+//! [`RequireEntitlement`] (any paid plan) and [`RequirePlan`] (certain plans only).
+
+use std::marker::PhantomData;
 
 use askama::Template;
 use axum::{
@@ -26,6 +28,7 @@ use crate::{
         stripe::Stripe,
     },
     config::Config,
+    domain::PlanName,
     error::{AppError, Result},
 };
 
@@ -46,6 +49,47 @@ impl FromRequestParts<AppState> for RequireEntitlement {
         });
         if entitled {
             Ok(RequireEntitlement(user))
+        } else {
+            Err(Redirect::to("/billing").into_response())
+        }
+    }
+}
+
+/// A feature sold on certain plans only, for [`RequirePlan`]. The names are those of
+/// `STRIPE_PRICES` (a name no price carries is never matched):
+/// ```ignore
+/// pub struct Reports;
+/// impl PaidFeature for Reports {
+///     const PLANS: &'static [&'static str] = &["team"];
+/// }
+/// async fn reports(RequirePlan(user, _): RequirePlan<Reports>) -> … { … }
+/// ```
+pub trait PaidFeature: Send + Sync + 'static {
+    const PLANS: &'static [&'static str];
+}
+
+/// A signed-in user whose team is entitled and on one of `F::PLANS`; anyone else is sent to
+/// `/billing` (where the plan can be changed), or to log in first.
+pub struct RequirePlan<F: PaidFeature>(pub CurrentUser, pub PhantomData<F>);
+
+impl<F: PaidFeature> FromRequestParts<AppState> for RequirePlan<F> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let user = CurrentUser::from_request_parts(parts, state)
+            .await
+            .map_err(NotSignedIn::into_response)?;
+        let config = &state.config;
+        let entitled = user.session.subscription.as_ref().is_some_and(|subscription| {
+            subscription.entitled_to(
+                F::PLANS,
+                &config.stripe.prices,
+                config.grace_period(),
+                OffsetDateTime::now_utc(),
+            )
+        });
+        if entitled {
+            Ok(RequirePlan(user, PhantomData))
         } else {
             Err(Redirect::to("/billing").into_response())
         }
@@ -82,14 +126,12 @@ pub fn dunning(subscription: &Subscription, config: &Config, now: OffsetDateTime
     })
 }
 
-/// The name of the plan selling `price_id`, as people read it.
-pub fn plan_name(config: &Config, price_id: Option<&str>) -> String {
-    config
-        .stripe
-        .prices
-        .iter()
-        .find(|price| Some(price.price_id.as_str()) == price_id)
-        .map_or_else(|| "Paid plan".to_owned(), |price| price.plan.display_name())
+/// The subscription's plan as people read it ("Paid plan" for a price keel is not configured
+/// with).
+pub fn plan_in_words(subscription: &Subscription, config: &Config) -> String {
+    subscription
+        .plan(&config.stripe.prices)
+        .map_or_else(|| "Paid plan".to_owned(), PlanName::display_name)
 }
 
 #[derive(Template)]
@@ -127,10 +169,10 @@ pub async fn billing(
     let now = OffsetDateTime::now_utc();
     let may_manage = user.session.role.may_manage_billing();
     let subscription = user.session.subscription;
-    let plan_name = plan_name(
-        &state.config,
-        subscription.as_ref().and_then(|s| s.price_id.as_deref()),
-    );
+    let plan_name = subscription
+        .as_ref()
+        .map(|subscription| plan_in_words(subscription, &state.config))
+        .unwrap_or_default();
     let dunning = subscription
         .as_ref()
         .and_then(|subscription| dunning(subscription, &state.config, now));

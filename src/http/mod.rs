@@ -36,6 +36,7 @@ use tower_http::{
     timeout::TimeoutLayer,
 };
 
+pub use self::billing::{PaidFeature, RequireEntitlement, RequirePlan};
 use self::{csrf::CsrfKey, session::CookieNames};
 use crate::{
     accounts::Accounts,
