@@ -10,6 +10,7 @@ mod billing;
 pub mod client_ip;
 pub mod csrf;
 mod errors;
+pub mod forms;
 mod health;
 mod metrics;
 mod middleware;
