@@ -340,7 +340,7 @@ pub struct SendPasswordReset {
 }
 
 impl Job for SendPasswordReset {
-    const KIND: &'static str = "accounts.send_password_reset";
+    const KIND: &'static str = crate::jobs::JobKind::SendPasswordReset.as_str();
     const MAX_ATTEMPTS: i32 = 5;
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
@@ -376,7 +376,7 @@ impl Job for SendPasswordReset {
 pub struct PurgeExpiredAuth;
 
 impl Job for PurgeExpiredAuth {
-    const KIND: &'static str = "accounts.purge_expired";
+    const KIND: &'static str = crate::jobs::JobKind::PurgeExpiredAuth.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let sessions = sessions::purge_ended(&context.db).await?;

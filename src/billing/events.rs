@@ -34,7 +34,7 @@ use crate::{
 };
 
 impl Job for ProcessStripeEvent {
-    const KIND: &'static str = "stripe.process_event";
+    const KIND: &'static str = crate::jobs::JobKind::ProcessStripeEvent.as_str();
     /// Stripe itself retries a delivery for three days; waiting for a missing event as long.
     const MAX_ATTEMPTS: i32 = 25;
 
@@ -546,7 +546,7 @@ pub struct NotifyGraceEnded {
 }
 
 impl Job for NotifyGraceEnded {
-    const KIND: &'static str = "stripe.notify_grace_ended";
+    const KIND: &'static str = crate::jobs::JobKind::NotifyGraceEnded.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let sent = notify_grace_ended(&context.db, &context.mailer, self.grace_period_days).await?;
