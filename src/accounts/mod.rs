@@ -26,7 +26,7 @@ pub use self::{
 };
 use crate::{
     cache::Cache,
-    domain::{EmailAddress, NewPassword},
+    domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
     jobs::{self, Job, JobContext},
     mail::{self, Mailer, PasswordChanged, PasswordReset, VerifyEmail},
@@ -109,9 +109,10 @@ impl Accounts {
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query!(
-            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, 'owner')",
+            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, $3)",
             team_id,
             user_id,
+            Role::Owner.as_str(),
         )
         .execute(&mut *tx)
         .await?;
@@ -135,9 +136,10 @@ impl Accounts {
              FROM users u
              JOIN memberships m ON m.user_id = u.id
              WHERE lower(u.email) = lower($1)
-             ORDER BY (m.role = 'owner') DESC, m.created_at
+             ORDER BY (m.role = $2) DESC, m.created_at
              LIMIT 1",
             email.as_str(),
+            Role::Owner.as_str(),
         )
         .fetch_optional(&self.db)
         .await?;
@@ -338,7 +340,7 @@ pub struct SendPasswordReset {
 }
 
 impl Job for SendPasswordReset {
-    const KIND: &'static str = "accounts.send_password_reset";
+    const KIND: &'static str = crate::jobs::JobKind::SendPasswordReset.as_str();
     const MAX_ATTEMPTS: i32 = 5;
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
@@ -374,7 +376,7 @@ impl Job for SendPasswordReset {
 pub struct PurgeExpiredAuth;
 
 impl Job for PurgeExpiredAuth {
-    const KIND: &'static str = "accounts.purge_expired";
+    const KIND: &'static str = crate::jobs::JobKind::PurgeExpiredAuth.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let sessions = sessions::purge_ended(&context.db).await?;

@@ -13,7 +13,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::SecretToken;
-use crate::{billing::entitlement::Standing, error::Result};
+use crate::{
+    billing::entitlement::Subscription,
+    domain::{Role, SubscriptionStatus},
+    error::Result,
+};
 
 /// A session not used for this long has ended.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -30,9 +34,9 @@ pub struct Session {
     pub email_verified: bool,
     pub team_id: Uuid,
     pub team_name: String,
-    pub role: String,
+    pub role: Role,
     /// The team's subscription as keel last learned it (for entitlement and the banners).
-    pub billing: Option<Standing>,
+    pub subscription: Option<Subscription>,
 }
 
 /// Starts a session for `user_id` working in `team_id`; the token goes into the cookie.
@@ -63,8 +67,8 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let id_hash = token.digest();
     let row = sqlx::query!(
         r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
-                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role,
-                  sub.status AS "sub_status?", sub.price_id AS "sub_price_id?",
+                  u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role AS "role: Role",
+                  sub.status AS "sub_status?: SubscriptionStatus", sub.price_id AS "sub_price_id?",
                   sub.current_period_end AS "sub_period_end?",
                   sub.cancel_at_period_end AS "sub_cancel_at_period_end?",
                   sub.payment_failed_at AS "sub_payment_failed_at?",
@@ -79,7 +83,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
                       state_as_of
                FROM subscriptions
                WHERE team_id = s.team_id
-               ORDER BY status IN ('active', 'trialing', 'past_due') DESC, state_as_of DESC
+               ORDER BY status = ANY($3) DESC, state_as_of DESC
                LIMIT 1
            ) sub ON true
            WHERE s.id_hash = $1
@@ -87,6 +91,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
              AND s.last_seen_at > now() - make_interval(secs => $2)"#,
         id_hash,
         IDLE_TIMEOUT.as_secs_f64(),
+        SubscriptionStatus::entitling_sql(),
     )
     .fetch_optional(db)
     .await?;
@@ -106,7 +111,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
         team_id: row.team_id,
         team_name: row.team_name,
         role: row.role,
-        billing: row.sub_status.map(|status| Standing {
+        subscription: row.sub_status.map(|status| Subscription {
             status,
             price_id: row.sub_price_id,
             current_period_end: row.sub_period_end,

@@ -13,7 +13,7 @@ use url::Url;
 use uuid::Uuid;
 
 use super::stripe::{Patience, Stripe};
-use crate::config::absolute_url;
+use crate::{config::absolute_url, domain::SubscriptionStatus};
 
 /// Who is paying: the team and the address Stripe's receipts go to.
 pub struct Payer<'a> {
@@ -59,8 +59,9 @@ pub async fn start_checkout(
 ) -> anyhow::Result<Result<Url, CheckoutRefused>> {
     let subscribed = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM subscriptions
-                          WHERE team_id = $1 AND status NOT IN ('canceled', 'incomplete_expired')) AS "subscribed!""#,
-        payer.team
+                          WHERE team_id = $1 AND status <> ALL($2)) AS "subscribed!""#,
+        payer.team,
+        SubscriptionStatus::ended_sql(),
     )
     .fetch_one(db)
     .await?;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::webhooks::ProcessStripeEvent;
 use crate::{
+    domain::{Role, SubscriptionStatus},
     jobs::{Job, JobContext, Permanent},
     mail::{
         self, AccessPaused, Mailer, PaymentActionRequired, PaymentFailed, PaymentRecovered,
@@ -33,7 +34,7 @@ use crate::{
 };
 
 impl Job for ProcessStripeEvent {
-    const KIND: &'static str = "stripe.process_event";
+    const KIND: &'static str = crate::jobs::JobKind::ProcessStripeEvent.as_str();
     /// Stripe itself retries a delivery for three days; waiting for a missing event as long.
     const MAX_ATTEMPTS: i32 = 25;
 
@@ -220,6 +221,12 @@ async fn apply_subscription(
     at: OffsetDateTime,
 ) -> anyhow::Result<Processed> {
     let facts = SubscriptionFacts::read(subscription)?;
+    if SubscriptionStatus::parse(facts.status) == SubscriptionStatus::Unknown {
+        tracing::warn!(
+            status = facts.status,
+            "a subscription status keel does not know: stored, never entitled"
+        );
+    }
     let team = team_of(tx, facts.id, facts.customer, subscription).await?;
     facts.store(tx, team, at).await?;
     Ok(Processed::Applied)
@@ -231,6 +238,8 @@ async fn apply_subscription(
 pub(super) struct SubscriptionFacts<'a> {
     pub id: &'a str,
     pub customer: &'a str,
+    /// As Stripe sent it, and stored so: a status newer than keel is kept, and read as
+    /// [`SubscriptionStatus::Unknown`].
     pub status: &'a str,
     pub price_id: Option<&'a str>,
     pub current_period_end: Option<OffsetDateTime>,
@@ -275,6 +284,7 @@ impl<'a> SubscriptionFacts<'a> {
     /// Stores these facts for `team` as of `at`, unless keel holds a newer state; whether it
     /// stored them.
     pub async fn store(&self, tx: &mut PgConnection, team: Uuid, at: OffsetDateTime) -> anyhow::Result<bool> {
+        let (statuses, stages) = SubscriptionStatus::stages_sql();
         let stored = sqlx::query!(
             "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
                                         cancel_at_period_end, trial_end, state_as_of)
@@ -288,14 +298,11 @@ impl<'a> SubscriptionFacts<'a> {
              -- invoice's payment ends it, with its recovery email.
              WHERE subscriptions.state_as_of < EXCLUDED.state_as_of
                 -- Two events in one second (Stripe's `created` has no finer grain): the later
-                -- stage of a subscription's life wins, whatever the processing order.
+                -- stage of a subscription's life wins, whatever the processing order ($10: this
+                -- status's stage; $11, $12: every status and its stage, `SubscriptionStatus::stage`).
                 OR (subscriptions.state_as_of = EXCLUDED.state_as_of
-                    AND (CASE EXCLUDED.status
-                             WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
-                             WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END)
-                        >= (CASE subscriptions.status
-                             WHEN 'incomplete' THEN 0 WHEN 'trialing' THEN 1 WHEN 'active' THEN 2
-                             WHEN 'past_due' THEN 3 WHEN 'unpaid' THEN 4 WHEN 'paused' THEN 4 ELSE 5 END))",
+                    AND $10 >= coalesce((SELECT known.stage FROM unnest($11::text[], $12::int4[]) AS known(status, stage)
+                                         WHERE known.status = subscriptions.status), $13))",
             self.id,
             team,
             self.customer,
@@ -305,6 +312,10 @@ impl<'a> SubscriptionFacts<'a> {
             self.cancel_at_period_end,
             self.trial_end,
             at,
+            SubscriptionStatus::parse(self.status).stage(),
+            statuses,
+            stages,
+            SubscriptionStatus::Unknown.stage(),
         )
         .execute(&mut *tx)
         .await?;
@@ -332,13 +343,14 @@ async fn subscription_invoice<'a>(
     let row = sqlx::query!(
         r#"SELECT u.email AS "email?"
            FROM subscriptions s
-           LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           LEFT JOIN memberships m ON m.team_id = s.team_id AND m.role = $2
            LEFT JOIN users u ON u.id = m.user_id
            WHERE s.id = $1
            ORDER BY m.created_at
            LIMIT 1
            FOR UPDATE OF s"#,
-        subscription
+        subscription,
+        Role::Owner.as_str(),
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -504,8 +516,9 @@ async fn trial_will_end(
     let team = team_of(tx, id, customer, subscription).await?;
     let owner = sqlx::query_scalar!(
         "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id
-         WHERE m.team_id = $1 AND m.role = 'owner' ORDER BY m.created_at LIMIT 1",
-        team
+         WHERE m.team_id = $1 AND m.role = $2 ORDER BY m.created_at LIMIT 1",
+        team,
+        Role::Owner.as_str(),
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -533,7 +546,7 @@ pub struct NotifyGraceEnded {
 }
 
 impl Job for NotifyGraceEnded {
-    const KIND: &'static str = "stripe.notify_grace_ended";
+    const KIND: &'static str = crate::jobs::JobKind::NotifyGraceEnded.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let sent = notify_grace_ended(&context.db, &context.mailer, self.grace_period_days).await?;
@@ -549,12 +562,14 @@ pub async fn notify_grace_ended(db: &PgPool, mailer: &Mailer, grace_period_days:
     let ended = sqlx::query!(
         r#"SELECT s.id, s.payment_failed_at AS "payment_failed_at!", u.email
            FROM subscriptions s
-           JOIN memberships m ON m.team_id = s.team_id AND m.role = 'owner'
+           JOIN memberships m ON m.team_id = s.team_id AND m.role = $3
            JOIN users u ON u.id = m.user_id
            WHERE s.payment_failed_at IS NOT NULL
-             AND s.status IN ('active', 'trialing', 'past_due')
+             AND s.status = ANY($2)
              AND s.payment_failed_at + make_interval(days => $1) <= now()"#,
         i32::try_from(grace_period_days).unwrap_or(i32::MAX),
+        SubscriptionStatus::entitling_sql(),
+        Role::Owner.as_str(),
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -17,8 +17,16 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::domain::SubscriptionStatus;
+
 /// Subscription statuses the dunning gauge reports (each always present, 0 when none).
-const DUNNING_STATUSES: [&str; 5] = ["active", "trialing", "past_due", "unpaid", "canceled"];
+const DUNNING_STATUSES: [SubscriptionStatus; 5] = [
+    SubscriptionStatus::Active,
+    SubscriptionStatus::Trialing,
+    SubscriptionStatus::PastDue,
+    SubscriptionStatus::Unpaid,
+    SubscriptionStatus::Canceled,
+];
 
 /// Sets `keel_dunning_teams{status}`: subscriptions with a failed payment not yet made good,
 /// by Stripe status. Read at every `/metrics` scrape; a slow or absent database leaves the
@@ -40,9 +48,9 @@ pub async fn record_dunning_gauge(db: &PgPool) {
     for status in DUNNING_STATUSES {
         let teams = rows
             .iter()
-            .find(|row| row.status == status)
+            .find(|row| row.status == status.as_str())
             .map_or(0, |row| row.teams);
         #[allow(clippy::cast_precision_loss)] // a count of teams
-        metrics::gauge!("keel_dunning_teams", "status" => status).set(teams as f64);
+        metrics::gauge!("keel_dunning_teams", "status" => status.as_str()).set(teams as f64);
     }
 }

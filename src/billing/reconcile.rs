@@ -193,7 +193,7 @@ async fn repair(
 pub struct ReconcileSubscriptions;
 
 impl Job for ReconcileSubscriptions {
-    const KIND: &'static str = "stripe.reconcile";
+    const KIND: &'static str = crate::jobs::JobKind::ReconcileSubscriptions.as_str();
     const MAX_ATTEMPTS: i32 = 3;
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 

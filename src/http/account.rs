@@ -5,22 +5,30 @@ use askama::Template;
 use axum::{
     Form,
     extract::{Query, State},
-    http::StatusCode,
     response::{Html, IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
 
 use super::{
-    AppState, auth::page_with_status, billing, csrf::CsrfToken, pages::Layout, render, session::CurrentUser,
+    AppState, billing,
+    csrf::CsrfToken,
+    forms::{FormErrors, render_rejected},
+    pages::Layout,
+    render,
+    session::CurrentUser,
 };
-use crate::{accounts::WrongPassword, domain::NewPassword, error::Result};
+use crate::{
+    accounts::WrongPassword,
+    domain::{NewPassword, Role},
+    error::Result,
+};
 
 #[derive(Template)]
 #[template(path = "account/dashboard.html")]
 struct DashboardPage {
     layout: Layout,
     team_name: String,
-    role: String,
+    role: Role,
     /// The plan the team has paid access to, or "Free".
     plan: String,
 }
@@ -31,26 +39,18 @@ pub async fn dashboard(
     layout: Layout,
 ) -> Result<Html<String>> {
     let now = time::OffsetDateTime::now_utc();
-    let plan = match &user.session.billing {
-        Some(standing) if standing.entitled(state.config.grace_period(), now) => {
-            billing::plan_name(&state.config, standing.price_id.as_deref())
+    let plan = match &user.session.subscription {
+        Some(subscription) if subscription.entitled(state.config.grace_period(), now) => {
+            billing::plan_in_words(subscription, &state.config)
         }
         _ => "Free".to_owned(),
     };
     render(&DashboardPage {
         layout,
         team_name: user.session.team_name,
-        role: capitalized(&user.session.role),
+        role: user.session.role,
         plan,
     })
-}
-
-fn capitalized(word: &str) -> String {
-    let mut chars = word.chars();
-    chars
-        .next()
-        .map(|first| first.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }
 
 #[derive(Template)]
@@ -61,13 +61,7 @@ struct SettingsPage {
     email: String,
     email_verified: bool,
     notice: Option<&'static str>,
-    errors: PasswordErrors,
-}
-
-#[derive(Debug, Default)]
-struct PasswordErrors {
-    current: Option<String>,
-    new: Option<String>,
+    errors: FormErrors,
 }
 
 #[derive(Deserialize)]
@@ -99,7 +93,7 @@ pub async fn settings(
         email: user.session.email,
         email_verified: user.session.email_verified,
         notice: settings_notice(query.notice.as_deref()),
-        errors: PasswordErrors::default(),
+        errors: FormErrors::new(),
     })
 }
 
@@ -118,33 +112,32 @@ pub async fn change_password(
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<ChangePasswordForm>,
 ) -> Result<Response> {
-    let mut errors = PasswordErrors::default();
+    let mut errors = FormErrors::new();
     if form.current_password.is_empty() {
-        errors.current = Some("Enter your current password.".to_owned());
+        errors.add("current_password", "Enter your current password.");
     }
     match NewPassword::parse(form.new_password, &user.session.email) {
-        Err(problem) => errors.new = Some(problem.to_string()),
-        Ok(new_password) if errors.current.is_none() => {
+        Err(problem) => errors.add("new_password", problem.to_string()),
+        Ok(new_password) if errors.is_empty() => {
             let changed = state
                 .accounts
                 .change_password(&user.session, &user.token, &form.current_password, &new_password)
                 .await?;
             match changed {
                 Ok(()) => return Ok(Redirect::to("/settings?notice=password-changed").into_response()),
-                Err(WrongPassword) => errors.current = Some("This is not your current password.".to_owned()),
+                Err(WrongPassword) => errors.add("current_password", "This is not your current password."),
             }
         }
         Ok(_) => {}
     }
-    let page = render(&SettingsPage {
+    render_rejected(&SettingsPage {
         layout,
         csrf_token,
         email: user.session.email,
         email_verified: user.session.email_verified,
         notice: None,
         errors,
-    })?;
-    Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
+    })
 }
 
 pub async fn resend_verification(State(state): State<AppState>, user: CurrentUser) -> Result<Redirect> {

@@ -2,7 +2,7 @@
 //!
 //! Handlers parse the form into domain values, call `accounts::Accounts`, and either redirect
 //! (303) or render the form again with 422, a message per field and what the user typed
-//! (never the password). CSRF is checked before they run (`csrf::protect`); the POSTs are
+//! (never the password). CSRF is checked before they run (`csrf::require`); the POSTs are
 //! also under the auth rate limit (see the route map in `http/mod.rs`).
 
 use std::time::Duration;
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::{
     AppState,
     csrf::CsrfToken,
+    forms::{FormErrors, render_rejected, render_with_status},
     pages::Layout,
     render,
     session::{MaybeUser, safe_next, session_token},
@@ -28,26 +29,6 @@ use crate::{
     domain::{EmailAddress, NewPassword},
     error::Result,
 };
-
-/// Per-field messages of a form that was not accepted.
-#[derive(Debug, Default)]
-pub struct FieldErrors {
-    pub email: Option<String>,
-    pub password: Option<String>,
-    /// About the form as a whole (e.g. wrong credentials).
-    pub form: Option<String>,
-}
-
-impl FieldErrors {
-    fn any(&self) -> bool {
-        self.email.is_some() || self.password.is_some() || self.form.is_some()
-    }
-}
-
-/// `body` with `status` (a form shown again is 422, a lockout 429).
-pub fn page_with_status(status: StatusCode, body: Html<String>) -> Response {
-    (status, body).into_response()
-}
 
 /// A redirect that also sets a cookie.
 fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
@@ -68,7 +49,7 @@ struct SignupPage {
     layout: Layout,
     csrf_token: String,
     email: String,
-    errors: FieldErrors,
+    errors: FormErrors,
 }
 
 #[derive(Deserialize)]
@@ -91,7 +72,7 @@ pub async fn signup_form(
         layout,
         csrf_token,
         email: String::new(),
-        errors: FieldErrors::default(),
+        errors: FormErrors::new(),
     })?
     .into_response())
 }
@@ -103,12 +84,12 @@ pub async fn signup(
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<SignupForm>,
 ) -> Result<Response> {
-    let mut errors = FieldErrors::default();
+    let mut errors = FormErrors::new();
     let email = EmailAddress::parse(&form.email)
-        .map_err(|problem| errors.email = Some(problem.to_string()))
+        .map_err(|problem| errors.add("email", problem.to_string()))
         .ok();
     let password = NewPassword::parse(form.password, form.email.trim())
-        .map_err(|problem| errors.password = Some(problem.to_string()))
+        .map_err(|problem| errors.add("password", problem.to_string()))
         .ok();
     if let (Some(email), Some(password)) = (email, password) {
         match state
@@ -122,22 +103,19 @@ pub async fn signup(
                     state.cookies.session_cookie(&session),
                 ));
             }
-            Err(EmailTaken) => {
-                errors.email = Some(
-                    "An account with this email already exists. Log in, or reset your password if you forgot it."
-                        .to_owned(),
-                );
-            }
+            Err(EmailTaken) => errors.add(
+                "email",
+                "An account with this email already exists. Log in, or reset your password if you forgot it.",
+            ),
         }
     }
-    debug_assert!(errors.any());
-    let page = render(&SignupPage {
+    debug_assert!(!errors.is_empty());
+    render_rejected(&SignupPage {
         layout,
         csrf_token,
         email: form.email,
         errors,
-    })?;
-    Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
+    })
 }
 
 // ---- log in and out ----
@@ -150,7 +128,7 @@ struct LoginPage {
     email: String,
     next: Option<String>,
     notice: Option<&'static str>,
-    errors: FieldErrors,
+    errors: FormErrors,
 }
 
 #[derive(Deserialize)]
@@ -197,7 +175,7 @@ pub async fn login_form(
         email: String::new(),
         next: kept_next(query.next.as_deref()),
         notice: login_notice(query.notice.as_deref()),
-        errors: FieldErrors::default(),
+        errors: FormErrors::new(),
     })?
     .into_response())
 }
@@ -212,12 +190,12 @@ pub async fn login(
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<LoginForm>,
 ) -> Result<Response> {
-    let mut errors = FieldErrors::default();
+    let mut errors = FormErrors::new();
     let mut status = StatusCode::UNPROCESSABLE_ENTITY;
     let mut retry_after = None;
     match EmailAddress::parse(&form.email) {
-        Err(problem) => errors.email = Some(problem.to_string()),
-        Ok(_) if form.password.is_empty() => errors.password = Some("Enter your password.".to_owned()),
+        Err(problem) => errors.add("email", problem.to_string()),
+        Ok(_) if form.password.is_empty() => errors.add("password", "Enter your password."),
         Ok(email) => match state
             .accounts
             .log_in(&email, &form.password, user_agent(&headers))
@@ -231,26 +209,28 @@ pub async fn login(
                 let to = safe_next(form.next.as_deref());
                 return Ok(redirect_with_cookie(to, state.cookies.session_cookie(&session)));
             }
-            Login::Refused => errors.form = Some(LOGIN_REFUSED.to_owned()),
+            Login::Refused => errors.set_form(LOGIN_REFUSED),
             Login::Locked(wait) => {
                 status = StatusCode::TOO_MANY_REQUESTS;
                 retry_after = Some(wait);
-                errors.form = Some(format!(
+                errors.set_form(format!(
                     "Too many failed attempts for this email. Try again in {}.",
                     in_words(wait)
                 ));
             }
         },
     }
-    let page = render(&LoginPage {
-        layout,
-        csrf_token,
-        email: form.email,
-        next: kept_next(form.next.as_deref()),
-        notice: None,
-        errors,
-    })?;
-    let mut response = page_with_status(status, page);
+    let mut response = render_with_status(
+        status,
+        &LoginPage {
+            layout,
+            csrf_token,
+            email: form.email,
+            next: kept_next(form.next.as_deref()),
+            notice: None,
+            errors,
+        },
+    )?;
     if let Some(wait) = retry_after {
         let secs = whole_seconds(wait);
         response
@@ -327,14 +307,16 @@ fn link_problem(layout: Layout, problem: LinkProblem, purpose: &'static str) -> 
             "Go to settings",
         )
     };
-    let page = render(&LinkProblemPage {
-        layout,
-        title,
-        message,
-        action_href,
-        action_label,
-    })?;
-    Ok(page_with_status(status, page))
+    render_with_status(
+        status,
+        &LinkProblemPage {
+            layout,
+            title,
+            message,
+            action_href,
+            action_label,
+        },
+    )
 }
 
 #[derive(Template)]
@@ -371,7 +353,7 @@ struct ForgotPasswordPage {
     email: String,
     /// The request went out: say so, the same way whether the account exists or not.
     sent: bool,
-    errors: FieldErrors,
+    errors: FormErrors,
 }
 
 #[derive(Deserialize)]
@@ -386,7 +368,7 @@ pub async fn forgot_password_form(layout: Layout, CsrfToken(csrf_token): CsrfTok
         csrf_token,
         email: String::new(),
         sent: false,
-        errors: FieldErrors::default(),
+        errors: FormErrors::new(),
     })
 }
 
@@ -404,23 +386,17 @@ pub async fn forgot_password(
                 csrf_token,
                 email: email.to_string(),
                 sent: true,
-                errors: FieldErrors::default(),
+                errors: FormErrors::new(),
             })?
             .into_response())
         }
-        Err(problem) => {
-            let page = render(&ForgotPasswordPage {
-                layout,
-                csrf_token,
-                email: form.email,
-                sent: false,
-                errors: FieldErrors {
-                    email: Some(problem.to_string()),
-                    ..FieldErrors::default()
-                },
-            })?;
-            Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page))
-        }
+        Err(problem) => render_rejected(&ForgotPasswordPage {
+            layout,
+            csrf_token,
+            email: form.email,
+            sent: false,
+            errors: FormErrors::new().with("email", problem.to_string()),
+        }),
     }
 }
 
@@ -432,7 +408,7 @@ struct ResetPasswordPage {
     /// Where the form posts: this page's own URL, token included.
     action: String,
     email: String,
-    errors: FieldErrors,
+    errors: FormErrors,
 }
 
 #[derive(Deserialize)]
@@ -458,7 +434,7 @@ pub async fn reset_password_form(
             csrf_token,
             action: token.as_ref().map(reset_action).unwrap_or_default(),
             email,
-            errors: FieldErrors::default(),
+            errors: FormErrors::new(),
         })?
         .into_response()),
         Err(problem) => link_problem(layout, problem, "reset"),
@@ -480,17 +456,13 @@ pub async fn reset_password(
     let password = match NewPassword::parse(form.password, &email) {
         Ok(password) => password,
         Err(problem) => {
-            let page = render(&ResetPasswordPage {
+            return render_rejected(&ResetPasswordPage {
                 layout,
                 csrf_token,
                 action: token.as_ref().map(reset_action).unwrap_or_default(),
                 email,
-                errors: FieldErrors {
-                    password: Some(problem.to_string()),
-                    ..FieldErrors::default()
-                },
-            })?;
-            return Ok(page_with_status(StatusCode::UNPROCESSABLE_ENTITY, page));
+                errors: FormErrors::new().with("password", problem.to_string()),
+            });
         }
     };
     match state.accounts.reset_password(token.as_ref(), &password).await? {

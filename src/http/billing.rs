@@ -1,6 +1,8 @@
 //! The billing pages: `/billing` (the team's subscription in words, and the dunning state),
-//! `/pro` (the example paid feature) and [`RequireEntitlement`], the guard a fork puts on its
-//! own paid routes.
+//! `/pro` (the example paid feature), and the guards a fork puts on its own paid routes:
+//! [`RequireEntitlement`] (any paid plan) and [`RequirePlan`] (certain plans only).
+
+use std::marker::PhantomData;
 
 use askama::Template;
 use axum::{
@@ -22,10 +24,11 @@ use super::{
 use crate::{
     billing::{
         checkout::{self, CheckoutRefused, Payer},
-        entitlement::Standing,
+        entitlement::Subscription,
         stripe::Stripe,
     },
     config::Config,
+    domain::PlanName,
     error::{AppError, Result},
 };
 
@@ -41,11 +44,52 @@ impl FromRequestParts<AppState> for RequireEntitlement {
         let user = CurrentUser::from_request_parts(parts, state)
             .await
             .map_err(NotSignedIn::into_response)?;
-        let entitled = user.session.billing.as_ref().is_some_and(|standing| {
-            standing.entitled(state.config.grace_period(), OffsetDateTime::now_utc())
+        let entitled = user.session.subscription.as_ref().is_some_and(|subscription| {
+            subscription.entitled(state.config.grace_period(), OffsetDateTime::now_utc())
         });
         if entitled {
             Ok(RequireEntitlement(user))
+        } else {
+            Err(Redirect::to("/billing").into_response())
+        }
+    }
+}
+
+/// A feature sold on certain plans only, for [`RequirePlan`]. The names are those of
+/// `STRIPE_PRICES` (a name no price carries is never matched):
+/// ```ignore
+/// pub struct Reports;
+/// impl PaidFeature for Reports {
+///     const PLANS: &'static [&'static str] = &["team"];
+/// }
+/// async fn reports(RequirePlan(user, _): RequirePlan<Reports>) -> … { … }
+/// ```
+pub trait PaidFeature: Send + Sync + 'static {
+    const PLANS: &'static [&'static str];
+}
+
+/// A signed-in user whose team is entitled and on one of `F::PLANS`; anyone else is sent to
+/// `/billing` (where the plan can be changed), or to log in first.
+pub struct RequirePlan<F: PaidFeature>(pub CurrentUser, pub PhantomData<F>);
+
+impl<F: PaidFeature> FromRequestParts<AppState> for RequirePlan<F> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let user = CurrentUser::from_request_parts(parts, state)
+            .await
+            .map_err(NotSignedIn::into_response)?;
+        let config = &state.config;
+        let entitled = user.session.subscription.as_ref().is_some_and(|subscription| {
+            subscription.entitled_to(
+                F::PLANS,
+                &config.stripe.prices,
+                config.grace_period(),
+                OffsetDateTime::now_utc(),
+            )
+        });
+        if entitled {
+            Ok(RequirePlan(user, PhantomData))
         } else {
             Err(Redirect::to("/billing").into_response())
         }
@@ -67,39 +111,27 @@ pub async fn pro(RequireEntitlement(user): RequireEntitlement, layout: Layout) -
     })
 }
 
-/// The team's subscription as `/billing` shows it.
-struct Subscription {
-    plan: String,
-    status: &'static str,
-    renews_on: Option<String>,
-    cancels_at_period_end: bool,
-    /// "Past due" and friends: the date paid access ends, or that it has.
-    dunning: Option<Dunning>,
-}
-
 pub struct Dunning {
     /// The last day of paid access, e.g. "2026-12-01".
     pub access_ends_on: String,
     pub access_ended: bool,
 }
 
-/// The dunning state of a standing, for the banner and `/billing`.
-pub fn dunning(standing: &Standing, config: &Config, now: OffsetDateTime) -> Option<Dunning> {
-    let ends = standing.access_ends_at(config.grace_period())?;
+/// The dunning state of a subscription, for the banner and `/billing`.
+pub fn dunning(subscription: &Subscription, config: &Config, now: OffsetDateTime) -> Option<Dunning> {
+    let ends = subscription.access_ends_at(config.grace_period())?;
     Some(Dunning {
         access_ends_on: ends.date().to_string(),
-        access_ended: !standing.entitled(config.grace_period(), now),
+        access_ended: !subscription.entitled(config.grace_period(), now),
     })
 }
 
-/// The name of the plan selling `price_id`, as people read it.
-pub fn plan_name(config: &Config, price_id: Option<&str>) -> String {
-    config
-        .stripe
-        .prices
-        .iter()
-        .find(|price| Some(price.price_id.as_str()) == price_id)
-        .map_or_else(|| "Paid plan".to_owned(), |price| price.plan.display_name())
+/// The subscription's plan as people read it ("Paid plan" for a price keel is not configured
+/// with).
+pub fn plan_in_words(subscription: &Subscription, config: &Config) -> String {
+    subscription
+        .plan(&config.stripe.prices)
+        .map_or_else(|| "Paid plan".to_owned(), PlanName::display_name)
 }
 
 #[derive(Template)]
@@ -108,6 +140,10 @@ struct BillingPage {
     layout: Layout,
     team_name: String,
     subscription: Option<Subscription>,
+    /// The subscription's plan, as people read it.
+    plan_name: String,
+    /// Failed payments: the date paid access ends, or that it has.
+    dunning: Option<Dunning>,
     configured: bool,
     /// Only the owner manages billing; others see the state.
     may_manage: bool,
@@ -131,13 +167,15 @@ pub async fn billing(
     Query(query): Query<BillingQuery>,
 ) -> Result<Html<String>> {
     let now = OffsetDateTime::now_utc();
-    let subscription = user.session.billing.as_ref().map(|standing| Subscription {
-        plan: plan_name(&state.config, standing.price_id.as_deref()),
-        status: standing.status_in_words(),
-        renews_on: standing.current_period_end.map(|end| end.date().to_string()),
-        cancels_at_period_end: standing.cancel_at_period_end,
-        dunning: dunning(standing, &state.config, now),
-    });
+    let may_manage = user.session.role.may_manage_billing();
+    let subscription = user.session.subscription;
+    let plan_name = subscription
+        .as_ref()
+        .map(|subscription| plan_in_words(subscription, &state.config))
+        .unwrap_or_default();
+    let dunning = subscription
+        .as_ref()
+        .and_then(|subscription| dunning(subscription, &state.config, now));
     let plans = state
         .config
         .stripe
@@ -145,12 +183,13 @@ pub async fn billing(
         .iter()
         .map(|price| (price.plan.to_string(), price.plan.display_name()))
         .collect();
-    let may_manage = is_owner(&user);
     render(&BillingPage {
         layout,
         team_name: user.session.team_name,
         checkout_pending: subscription.is_none() && query.checkout.as_deref() == Some("success"),
         subscription,
+        plan_name,
+        dunning,
         configured: state.stripe.is_some(),
         may_manage,
         csrf_token,
@@ -201,17 +240,13 @@ pub async fn portal(State(state): State<AppState>, user: CurrentUser) -> Result<
     Ok(Redirect::to(url.as_ref().map_or("/pricing", url::Url::as_str)).into_response())
 }
 
-fn is_owner(user: &CurrentUser) -> bool {
-    user.session.role == "owner"
-}
-
 /// The Stripe client, if this user may manage the team's billing.
 fn manager<'a>(state: &'a AppState, user: &CurrentUser) -> Result<&'a Stripe> {
     let stripe = state
         .stripe
         .as_ref()
         .ok_or_else(|| AppError::Conflict("Billing is not configured on this server.".to_owned()))?;
-    if !is_owner(user) {
+    if !user.session.role.may_manage_billing() {
         return Err(AppError::Forbidden(
             "Only the team's owner can manage its billing.".to_owned(),
         ));

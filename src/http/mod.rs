@@ -10,6 +10,7 @@ mod billing;
 pub mod client_ip;
 pub mod csrf;
 mod errors;
+pub mod forms;
 mod health;
 mod metrics;
 mod middleware;
@@ -36,6 +37,7 @@ use tower_http::{
     timeout::TimeoutLayer,
 };
 
+pub use self::billing::{PaidFeature, RequireEntitlement, RequirePlan};
 use self::{csrf::CsrfKey, session::CookieNames};
 use crate::{
     accounts::Accounts,

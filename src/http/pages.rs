@@ -57,10 +57,9 @@ impl FromRequestParts<AppState> for Layout {
         let mut layout = Layout::new();
         if let Some(user) = user {
             let CsrfToken(csrf_token) = CsrfToken::from_request_parts(parts, state).await?;
-            let dunning =
-                user.session.billing.as_ref().and_then(|standing| {
-                    billing::dunning(standing, &state.config, OffsetDateTime::now_utc())
-                });
+            let dunning = user.session.subscription.as_ref().and_then(|subscription| {
+                billing::dunning(subscription, &state.config, OffsetDateTime::now_utc())
+            });
             layout.user = Some(LayoutUser {
                 email: user.session.email,
                 email_verified: user.session.email_verified,

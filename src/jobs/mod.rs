@@ -13,6 +13,7 @@
 //! Written here rather than taken from a crate: graphile_worker (the one candidate on our sqlx)
 //! leaves a crashed worker's jobs locked for four hours, and underway and sqlxmq pin sqlx 0.8.
 
+mod kind;
 mod queue;
 mod schedule;
 mod waker;
@@ -33,6 +34,7 @@ use crate::{
     mail::{DeliverEmail, Mailer, PurgeOldEmails},
 };
 
+pub use kind::JobKind;
 pub use queue::{
     AfterFailure, ClaimedJob, EnqueueOptions, FailedJob, JobId, NOTIFY_CHANNEL, NOTIFY_OPT_OUT, NewJob,
     enqueue, enqueue_with, list_failed, purge_dead, retry,
@@ -43,7 +45,8 @@ pub use worker::{Backoff, Worker, WorkerConfig};
 
 /// A kind of background work. The value is the job's payload (JSON in the table).
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {
-    /// Stored in `jobs.kind`: keep it stable once jobs of this kind may be queued.
+    /// Stored in `jobs.kind`. keel's own jobs (and a fork's) name a [`JobKind`]
+    /// (`JobKind::DeliverEmail.as_str()`), so the test below checks the worker registers them.
     const KIND: &'static str;
     /// Attempts before the job is dead.
     const MAX_ATTEMPTS: i32 = 10;
@@ -127,7 +130,7 @@ impl Registry {
     }
 }
 
-/// Every job kind keel itself defines. Features add theirs here.
+/// Every job kind keel itself defines: each [`JobKind`] (a test checks). Features add theirs here.
 pub fn registry() -> Registry {
     Registry::new()
         .register::<PurgeDeadJobs>()
@@ -165,12 +168,84 @@ pub struct PurgeDeadJobs {
 }
 
 impl Job for PurgeDeadJobs {
-    const KIND: &'static str = "jobs.purge_dead";
+    const KIND: &'static str = JobKind::PurgeDeadJobs.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let days = Duration::from_secs(u64::from(self.older_than_days) * 24 * 3600);
         let purged = purge_dead(&context.db, days).await?;
         tracing::info!(purged, "purged dead jobs");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, path::Path};
+
+    use super::*;
+
+    /// The guard against a job enqueued that no worker claims (a worker claims only the kinds
+    /// it registered): every kind keel defines is registered, the registry knows no other, and
+    /// every scheduled job is of a registered kind.
+    #[test]
+    fn every_job_kind_is_registered_with_the_worker() {
+        let registered: HashSet<String> = registry().kinds().into_iter().collect();
+        let missing: Vec<&str> = JobKind::ALL
+            .iter()
+            .map(|kind| kind.as_str())
+            .filter(|kind| !registered.contains(*kind))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "job kinds not registered in jobs::registry(): {missing:?}"
+        );
+        let listed: HashSet<&str> = JobKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(listed.len(), JobKind::ALL.len(), "two kinds share a name");
+        let unlisted: Vec<&String> = registered
+            .iter()
+            .filter(|kind| !listed.contains(kind.as_str()))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "registered kinds missing from JobKind: {unlisted:?}"
+        );
+
+        let config = Config::from_lookup(|_| None).expect("the development defaults");
+        let scheduled = schedule(&config).kinds();
+        assert!(!scheduled.is_empty());
+        for kind in scheduled {
+            assert!(
+                registered.contains(kind),
+                "scheduled job kind {kind} is not registered"
+            );
+        }
+    }
+
+    /// Every `Job` in the crate takes its `KIND` from [`JobKind`], so the test above sees it.
+    #[test]
+    fn every_job_type_names_a_listed_kind() {
+        fn visit(dir: &Path, offenders: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    visit(&path, offenders);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    let source = std::fs::read_to_string(&path).unwrap();
+                    for (number, line) in source.lines().enumerate() {
+                        let defines_kind = line.trim_start().starts_with("const KIND") && line.contains('=');
+                        if defines_kind && !line.contains("JobKind::") {
+                            offenders.push(format!("{}:{}: {}", path.display(), number + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut offenders = Vec::new();
+        visit(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut offenders);
+        assert!(
+            offenders.is_empty(),
+            "a job kind spelled outside JobKind (add it there, and register the job):\n{}",
+            offenders.join("\n")
+        );
     }
 }

@@ -49,6 +49,11 @@ impl Schedule {
         self
     }
 
+    /// The kinds of job this schedule enqueues.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|entry| entry.kind).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -203,7 +203,7 @@ pub struct DeliverEmail {
 }
 
 impl Job for DeliverEmail {
-    const KIND: &'static str = "mail.deliver";
+    const KIND: &'static str = crate::jobs::JobKind::DeliverEmail.as_str();
     /// With the default backoff (5 s doubling, at most an hour, jittered), between about 19 and
     /// 38 hours of retries: an SMTP outage of a day loses nothing.
     const MAX_ATTEMPTS: i32 = 48;
@@ -307,7 +307,7 @@ pub struct PurgeOldEmails {
 }
 
 impl Job for PurgeOldEmails {
-    const KIND: &'static str = "mail.purge_old";
+    const KIND: &'static str = crate::jobs::JobKind::PurgeOldEmails.as_str();
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let purged = sqlx::query!(
