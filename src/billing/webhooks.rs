@@ -153,14 +153,20 @@ mod tests {
     use super::*;
 
     fn fixture_event(name: &str) -> Vec<u8> {
-        let path = format!("{}/tests/fixtures/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/stripe/events/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
     fn every_fixture_event_parses_in_both_api_shapes() {
         for dir in ["", "legacy_2025-02-24.acacia/"] {
-            let folder = format!("{}/tests/fixtures/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let folder = format!(
+                "{}/tests/fixtures/stripe/events/{dir}",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let mut seen = 0;
             for entry in std::fs::read_dir(&folder).unwrap() {
                 let name = entry.unwrap().file_name().into_string().unwrap();

@@ -13,7 +13,10 @@ use crate::helpers::{
 const SECRET: &str = "whsec_test_secret_for_keel";
 
 fn fixture_event(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/stripe/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/stripe/events/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -116,7 +119,10 @@ async fn every_fixture_event_in_both_api_shapes_and_unknown_types_are_acknowledg
     let app = app_with_secret(SECRET).await;
     let mut sent = 0;
     for dir in ["", "legacy_2025-02-24.acacia/"] {
-        let folder = format!("{}/tests/fixtures/stripe/events/{dir}", env!("CARGO_MANIFEST_DIR"));
+        let folder = format!(
+            "{}/tests/fixtures/stripe/events/{dir}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         for entry in std::fs::read_dir(folder).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
             if !name.ends_with(".json") || name.starts_with('_') {
