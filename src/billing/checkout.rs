@@ -6,9 +6,18 @@
 //! so two checkouts racing for a new team (two tabs, a double click) get the same customer
 //! from Stripe rather than one each.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
-use serde::Deserialize;
 use sqlx::PgPool;
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
+use stripe_checkout::{
+    CheckoutSessionMode,
+    checkout_session::{
+        CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+    },
+};
+use stripe_core::customer::CreateCustomer;
 use url::Url;
 use uuid::Uuid;
 
@@ -22,22 +31,15 @@ pub struct Payer<'a> {
     pub email: &'a str,
 }
 
-#[derive(Deserialize)]
-struct Created {
-    id: String,
+/// Where to send the browser: Stripe's page, if it is a URL at all.
+fn hosted_page(url: Option<&str>) -> anyhow::Result<Url> {
+    let url = url.context("Stripe returned no page address")?;
+    Url::parse(url).with_context(|| format!("Stripe returned a page address that is not a URL: {url:?}"))
 }
 
-#[derive(Deserialize)]
-struct HostedPage {
-    url: String,
-}
-
-impl HostedPage {
-    /// Where to send the browser: Stripe's page, if it is a URL at all.
-    fn url(self) -> anyhow::Result<Url> {
-        Url::parse(&self.url)
-            .with_context(|| format!("Stripe returned a page address that is not a URL: {:?}", self.url))
-    }
+/// `metadata[team_id]`: lets Stripe's objects and their events name the team.
+fn team_metadata(team: Uuid) -> HashMap<String, String> {
+    HashMap::from([("team_id".to_owned(), team.to_string())])
 }
 
 /// Why a team cannot check out.
@@ -69,37 +71,39 @@ pub async fn start_checkout(
         return Ok(Err(CheckoutRefused::AlreadySubscribed));
     }
     let customer = customer_of(db, stripe, payer).await?;
-    let team = payer.team.to_string();
-    let params = vec![
-        ("mode", "subscription".to_owned()),
-        ("customer", customer),
-        ("client_reference_id", team.clone()),
-        ("line_items[0][price]", price_id.to_owned()),
-        ("line_items[0][quantity]", "1".to_owned()),
+    let line_item = CreateCheckoutSessionLineItems {
+        price: Some(price_id.to_owned()),
+        quantity: Some(1),
+        ..CreateCheckoutSessionLineItems::new()
+    };
+    // Lets the subscription's events find the team even before checkout.session.completed.
+    let subscription_data = CreateCheckoutSessionSubscriptionData {
+        metadata: Some(team_metadata(payer.team)),
+        ..CreateCheckoutSessionSubscriptionData::new()
+    };
+    let request = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Subscription)
+        .customer(customer)
+        .client_reference_id(payer.team.to_string())
+        .line_items(vec![line_item])
         // Stripe fills in {CHECKOUT_SESSION_ID}; /billing thanks the payer while the
         // webhooks catch up.
-        (
-            "success_url",
-            absolute_url(
-                base_url,
-                "/billing?checkout=success&session_id={CHECKOUT_SESSION_ID}",
-            ),
-        ),
-        ("cancel_url", absolute_url(base_url, "/pricing")),
-        // Lets the subscription's events find the team even before checkout.session.completed.
-        ("subscription_data[metadata][team_id]", team.clone()),
-        ("metadata[team_id]", team),
-    ];
-    let session: HostedPage = stripe
+        .success_url(absolute_url(
+            base_url,
+            "/billing?checkout=success&session_id={CHECKOUT_SESSION_ID}",
+        ))
+        .cancel_url(absolute_url(base_url, "/pricing"))
+        .subscription_data(subscription_data)
+        .metadata(team_metadata(payer.team));
+    let session = stripe
         .create(
             "checkout.session.create",
-            "/v1/checkout/sessions",
-            &params,
+            &request,
             &format!("keel-checkout-{}", Uuid::new_v4()),
             Patience::Interactive,
         )
         .await?;
-    Ok(Ok(session.url()?))
+    Ok(Ok(hosted_page(session.url.as_deref())?))
 }
 
 /// Creates a customer portal session for the team; `None` when the team has no Stripe
@@ -117,20 +121,18 @@ pub async fn open_portal(
     let Some(customer) = customer else {
         return Ok(None);
     };
-    let params = vec![
-        ("customer", customer),
-        ("return_url", absolute_url(base_url, "/billing")),
-    ];
-    let session: HostedPage = stripe
+    let request = CreateBillingPortalSession::new()
+        .customer(customer)
+        .return_url(absolute_url(base_url, "/billing"));
+    let session = stripe
         .create(
             "billing_portal.session.create",
-            "/v1/billing_portal/sessions",
-            &params,
+            &request,
             &format!("keel-portal-{}", Uuid::new_v4()),
             Patience::Interactive,
         )
         .await?;
-    Ok(Some(session.url()?))
+    Ok(Some(hosted_page(Some(&session.url))?))
 }
 
 /// The team's Stripe customer: the stored one, or a new one stored now.
@@ -141,17 +143,14 @@ async fn customer_of(db: &PgPool, stripe: &Stripe, payer: &Payer<'_>) -> anyhow:
     if let Some(customer) = stored {
         return Ok(customer);
     }
-    let team = payer.team.to_string();
-    let params = vec![
-        ("email", payer.email.to_owned()),
-        ("name", payer.team_name.to_owned()),
-        ("metadata[team_id]", team),
-    ];
-    let created: Created = stripe
+    let request = CreateCustomer::new()
+        .email(payer.email)
+        .name(payer.team_name)
+        .metadata(team_metadata(payer.team));
+    let created = stripe
         .create(
             "customer.create",
-            "/v1/customers",
-            &params,
+            &request,
             &format!("keel-customer-{}", payer.team),
             Patience::Interactive,
         )
@@ -161,7 +160,7 @@ async fn customer_of(db: &PgPool, stripe: &Stripe, payer: &Payer<'_>) -> anyhow:
     sqlx::query!(
         "UPDATE teams SET stripe_customer_id = $2 WHERE id = $1 AND stripe_customer_id IS NULL",
         payer.team,
-        created.id,
+        created.id.as_str(),
     )
     .execute(db)
     .await?;

@@ -14,6 +14,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use stripe_product::{Price, price::RetrievePrice};
 use time::OffsetDateTime;
 
 use super::stripe::{Patience, Stripe, StripeError};
@@ -35,31 +36,16 @@ pub struct PriceFacts {
     pub interval_count: u32,
 }
 
-/// Stripe's price object, the parts read.
-#[derive(Deserialize)]
-struct StripePrice {
-    unit_amount: Option<i64>,
-    currency: String,
-    recurring: Option<Recurring>,
-}
-
-#[derive(Deserialize)]
-struct Recurring {
-    interval: String,
-    interval_count: Option<u32>,
-}
-
-impl From<StripePrice> for PriceFacts {
-    fn from(price: StripePrice) -> Self {
+impl From<Price> for PriceFacts {
+    fn from(price: Price) -> Self {
         Self {
             unit_amount: price.unit_amount,
-            currency: price.currency,
+            currency: price.currency.to_string(),
             interval_count: price
                 .recurring
                 .as_ref()
-                .and_then(|r| r.interval_count)
-                .unwrap_or(1),
-            interval: price.recurring.map(|r| r.interval),
+                .map_or(1, |r| u32::try_from(r.interval_count).unwrap_or(u32::MAX)),
+            interval: price.recurring.map(|r| r.interval.as_str().to_owned()),
         }
     }
 }
@@ -206,9 +192,9 @@ impl Catalog {
     async fn fetch(&self, stripe: &Stripe, now: OffsetDateTime) -> Result<Snapshot, StripeError> {
         let mut prices = HashMap::new();
         for plan in &self.plans {
-            let path = format!("/v1/prices/{}", plan.price_id);
+            let request = RetrievePrice::new(plan.price_id.as_str());
             match stripe
-                .get::<StripePrice>("price.retrieve", &path, &Vec::new(), Patience::Interactive)
+                .read("price.retrieve", &request, Patience::Interactive)
                 .await
             {
                 Ok(price) => {
@@ -287,11 +273,13 @@ mod tests {
     }
 
     #[test]
-    fn stripe_price_objects_are_read_leniently() {
-        let raw = r#"{"id":"price_1","object":"price","active":true,"currency":"usd","unit_amount":1200,
+    fn stripe_price_objects_are_read_with_fields_unknown_to_async_stripe() {
+        let raw = r#"{"id":"price_1","object":"price","active":true,"billing_scheme":"per_unit",
+                      "created":1763000000,"currency":"usd","livemode":false,"metadata":{},
+                      "product":"prod_1","type":"recurring","unit_amount":1200,
                       "recurring":{"interval":"month","interval_count":1,"usage_type":"licensed","meter":null},
                       "tiers_mode":null,"some_future_field":{"x":1}}"#;
-        let facts: PriceFacts = serde_json::from_str::<StripePrice>(raw).unwrap().into();
+        let facts: PriceFacts = miniserde::json::from_str::<Price>(raw).unwrap().into();
         assert_eq!(facts, price(Some(1200), "usd", Some("month"), 1));
     }
 }

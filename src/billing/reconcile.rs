@@ -12,9 +12,9 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
+use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus};
 use time::OffsetDateTime;
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
 use crate::jobs::{Job, JobContext};
 
 /// Stripe's largest page.
-const PAGE_SIZE: &str = "100";
+const PAGE_SIZE: i64 = 100;
 
 /// What a reconciliation found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,32 +57,47 @@ impl fmt::Display for Summary {
     }
 }
 
-#[derive(Deserialize)]
+/// A page of Stripe's list, its subscriptions read leniently (by the reader of webhook
+/// events): one subscription keel cannot read is skipped, not the whole reconciliation.
+#[derive(miniserde::Deserialize)]
 struct Page {
-    data: Vec<Value>,
+    data: Vec<miniserde::json::Value>,
     has_more: bool,
 }
 
-/// Pages through `GET /v1/subscriptions?status=all` and repairs every drift.
+/// miniserde's JSON (async-stripe's) as serde_json's (keel's readers').
+fn to_serde(value: miniserde::json::Value) -> Value {
+    use miniserde::json::{Number, Value as Mini};
+    match value {
+        Mini::Null => Value::Null,
+        Mini::Bool(b) => Value::Bool(b),
+        Mini::Number(Number::U64(n)) => Value::from(n),
+        Mini::Number(Number::I64(n)) => Value::from(n),
+        Mini::Number(Number::F64(n)) => Value::from(n),
+        Mini::String(s) => Value::String(s),
+        Mini::Array(items) => Value::Array(items.into_iter().map(to_serde).collect()),
+        Mini::Object(members) => Value::Object(members.into_iter().map(|(k, v)| (k, to_serde(v))).collect()),
+    }
+}
+
+/// Pages through every subscription in Stripe (`status=all`) and repairs every drift.
 pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut seen: Vec<String> = Vec::new();
     let mut starting_after: Option<String> = None;
     loop {
-        let mut query = vec![("status", "all".to_owned()), ("limit", PAGE_SIZE.to_owned())];
+        let mut request = ListSubscription::new()
+            .status(ListSubscriptionStatus::All)
+            .limit(PAGE_SIZE);
         if let Some(last) = &starting_after {
-            query.push(("starting_after", last.clone()));
+            request = request.starting_after(last.as_str());
         }
         let as_of = OffsetDateTime::now_utc();
         let page: Page = stripe
-            .get(
-                "subscription.list",
-                "/v1/subscriptions",
-                &query,
-                Patience::Background,
-            )
+            .read_as("subscription.list", &request, Patience::Background)
             .await?;
-        for subscription in &page.data {
+        let subscriptions: Vec<Value> = page.data.into_iter().map(to_serde).collect();
+        for subscription in &subscriptions {
             let facts = match SubscriptionFacts::read(subscription) {
                 Ok(facts) => facts,
                 Err(error) => {
@@ -99,7 +114,10 @@ pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> 
                 Repair::NoTeam => summary.unmatched += 1,
             }
         }
-        starting_after = page.data.last().and_then(|s| s["id"].as_str()).map(str::to_owned);
+        starting_after = subscriptions
+            .last()
+            .and_then(|s| s["id"].as_str())
+            .map(str::to_owned);
         if !page.has_more || starting_after.is_none() {
             break;
         }

@@ -1,42 +1,42 @@
-//! Calls to Stripe's API: a small client over reqwest (rustls + ring), for the handful of
-//! endpoints keel uses. Why not async-stripe: see README ("Stripe API client").
+//! Calls to Stripe's API: async-stripe's typed requests (`CreateCustomer`,
+//! `CreateCheckoutSession`…) sent by async-stripe's client (hyper, rustls with ring), wrapped
+//! in keel's own policies. A call names its operation for the metrics and says how long its
+//! caller can wait; see README ("Calling another Stripe API").
 //!
 //! Every call:
-//! - goes to `STRIPE_API_BASE` with the pinned [`API_VERSION`], so the shapes keel reads do
-//!   not change under it when the account's default version moves;
+//! - goes to `STRIPE_API_BASE` with async-stripe's pinned [`API_VERSION`], so the shapes keel
+//!   reads do not change under it when the account's default version moves;
 //! - has a deadline ([`Patience`]): a page waits at most ~2 s for Stripe, a background job
 //!   longer;
 //! - is retried with backoff while that deadline allows, on network errors, timeouts, 409,
-//!   429 and 5xx (or as Stripe's `Stripe-Should-Retry` says). Only idempotent requests are
-//!   sent at all: reads, and creates carrying an `Idempotency-Key` (every create does), so a
-//!   retried create never makes a second object;
+//!   429 and 5xx. Each attempt is sent once by async-stripe (`RequestStrategy::Once`, or
+//!   `Idempotent(key)` for a create), so the retries, their pauses and the deadline are keel's.
+//!   Only idempotent requests are retried at all: reads, and creates carrying an
+//!   `Idempotency-Key` (every create does), so a retried create never makes a second object.
+//!   async-stripe does not hand its caller the `Stripe-Should-Retry` header of a single
+//!   attempt: the status decides;
 //! - passes a circuit breaker: after [`BREAKER_THRESHOLD`] consecutive failures that are
 //!   Stripe's (not answering, 5xx), calls fail at once for [`BREAKER_COOLDOWN`], then one
 //!   trial call decides whether it closes. A Stripe outage costs a page ~2 s once, then
-//!   nothing.
-//!
-//! Responses are read leniently, like webhook events: only the fields keel uses.
+//!   nothing;
+//! - is counted: `keel_stripe_requests_total{operation,outcome}`,
+//!   `keel_stripe_request_duration_seconds{operation}`, `keel_stripe_circuit_open`.
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret as _, SecretString};
-use serde::{Deserialize, de::DeserializeOwned};
+use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 use url::Url;
 
-use crate::config::absolute_url;
-
-/// The API version keel's requests ask for (and its readers of responses are written for).
-pub const API_VERSION: &str = "2025-03-31.basil";
+/// The API version every request asks for: the one async-stripe's types are generated from.
+pub const API_VERSION: &str = "2026-09-30.endive";
 /// Consecutive failures that open the circuit.
 pub const BREAKER_THRESHOLD: u32 = 5;
 /// How long an open circuit refuses calls before one trial call is let through.
 pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
-/// Connecting to Stripe takes far less than this when it is up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a caller may wait for Stripe, retries included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,8 +98,15 @@ pub enum StripeError {
         code: Option<String>,
         message: String,
     },
+    /// An error answer without Stripe's error body: something between keel and Stripe (a
+    /// proxy, a load balancer) failing. async-stripe does not say its status.
+    #[error("an error answer that is not Stripe's (a proxy or load balancer failing?)")]
+    Unreadable,
     #[error("Stripe's answer could not be read: {0}")]
     Decode(String),
+    /// async-stripe refused to build the request (a header value it cannot send).
+    #[error("the request to Stripe could not be made: {0}")]
+    Request(String),
 }
 
 impl StripeError {
@@ -107,9 +114,22 @@ impl StripeError {
     /// refusing what keel asked (a bug or a misconfiguration, e.g. an unknown price).
     pub fn is_outage(&self) -> bool {
         match self {
-            StripeError::CircuitOpen | StripeError::Timeout | StripeError::Network(_) => true,
+            StripeError::CircuitOpen
+            | StripeError::Timeout
+            | StripeError::Network(_)
+            | StripeError::Unreadable => true,
             StripeError::Api { status, .. } => *status >= 500,
-            StripeError::Decode(_) => false,
+            StripeError::Decode(_) | StripeError::Request(_) => false,
+        }
+    }
+
+    /// Whether another attempt may succeed: network errors, timeouts, 409 (a concurrent
+    /// request with the same key), 429 and 5xx.
+    fn is_retryable(&self) -> bool {
+        match self {
+            StripeError::Timeout | StripeError::Network(_) | StripeError::Unreadable => true,
+            StripeError::Api { status, .. } => matches!(status, 409 | 429 | 500..),
+            StripeError::CircuitOpen | StripeError::Decode(_) | StripeError::Request(_) => false,
         }
     }
 
@@ -120,10 +140,44 @@ impl StripeError {
             StripeError::Timeout => "timeout",
             StripeError::Network(_) => "network",
             StripeError::Api { status, .. } if *status >= 500 => "server_error",
-            StripeError::Api { .. } => "client_error",
+            StripeError::Unreadable => "server_error",
+            StripeError::Api { .. } | StripeError::Request(_) => "client_error",
             StripeError::Decode(_) => "decode_error",
         }
     }
+}
+
+impl From<stripe::StripeError> for StripeError {
+    fn from(error: stripe::StripeError) -> Self {
+        match error {
+            stripe::StripeError::Stripe(detail, status) => StripeError::Api {
+                status,
+                kind: detail.type_.as_str().to_owned(),
+                code: detail.code.as_ref().map(|code| code.as_str().to_owned()),
+                message: detail
+                    .message
+                    .unwrap_or_else(|| http_reason(status).unwrap_or("error").to_owned()),
+            },
+            // The only words async-stripe has for a non-2xx answer whose body is not Stripe's
+            // `{"error": …}` (pinned with `=`, so they cannot change under keel).
+            stripe::StripeError::JSONDeserialize(message) if message == UNREADABLE_ERROR_ANSWER => {
+                StripeError::Unreadable
+            }
+            stripe::StripeError::JSONDeserialize(message) => StripeError::Decode(message),
+            stripe::StripeError::ClientError(message) => StripeError::Network(message),
+            stripe::StripeError::Timeout => StripeError::Timeout,
+            stripe::StripeError::ConfigError(message) => StripeError::Request(message),
+        }
+    }
+}
+
+/// async-stripe's message for an error answer that is not Stripe's error shape.
+const UNREADABLE_ERROR_ANSWER: &str = "error deserializing Stripe error";
+
+fn http_reason(status: u16) -> Option<&'static str> {
+    axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
 }
 
 /// The circuit breaker's state; pure, so its rules are tested with a clock of the test's own.
@@ -167,111 +221,105 @@ impl Breaker {
     }
 }
 
-/// A Stripe API client; cheap to clone (one connection pool, one breaker).
+/// The Stripe API client; cheap to clone (one async-stripe client, one breaker).
 #[derive(Clone)]
 pub struct Stripe(Arc<Inner>);
 
 struct Inner {
-    http: reqwest::Client,
-    base: Url,
-    secret_key: SecretString,
+    client: stripe::Client,
+    base: String,
     breaker: Mutex<Breaker>,
 }
 
 impl std::fmt::Debug for Stripe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stripe")
-            .field("base", &self.0.base.as_str())
+            .field("base", &self.0.base)
             .finish_non_exhaustive()
     }
 }
 
-/// A request's body: Stripe's form encoding, nested keys spelled out (`line_items[0][price]`).
-pub type Params<'a> = Vec<(&'a str, String)>;
-
 impl Stripe {
     pub fn new(secret_key: SecretString, api_base: Url) -> anyhow::Result<Self> {
-        let tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(rustls::RootCertStore::from_iter(
-                    webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-                ))
-                .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
+        // async-stripe appends `v1/…` to the base: with a slash, a base with a path (a proxy)
+        // keeps it.
+        let base = format!("{}/", api_base.as_str().trim_end_matches('/'));
+        let client = stripe::ClientBuilder::new(secret_key.expose_secret())
+            .url(base.clone())
+            .app_info("keel", Some(env!("CARGO_PKG_VERSION").to_owned()), None)
+            .request_strategy(RequestStrategy::Once)
             .build()?;
         Ok(Self(Arc::new(Inner {
-            http,
-            base: api_base,
-            secret_key,
+            client,
+            base,
             breaker: Mutex::new(Breaker::default()),
         })))
     }
 
-    /// `GET path?query`.
-    pub async fn get<T: DeserializeOwned>(
+    /// Sends a request that changes nothing (a retrieve, a list), retried freely.
+    pub async fn read<R>(
         &self,
         operation: &'static str,
-        path: &str,
-        query: &Params<'_>,
+        request: &R,
         patience: Patience,
-    ) -> Result<T, StripeError> {
-        self.call(operation, Method::GET, path, query, None, patience)
-            .await
+    ) -> Result<R::Output, StripeError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        self.read_as(operation, request, patience).await
     }
 
-    /// `POST path` creating an object. `idempotency_key` makes retries (ours, and a caller's
-    /// repeating the same logical request) return the first object instead of a second one.
-    pub async fn create<T: DeserializeOwned>(
+    /// [`Stripe::read`], the answer read as `T` rather than async-stripe's type (e.g. a page
+    /// of subscriptions read leniently, like webhook events).
+    pub async fn read_as<T: miniserde::Deserialize>(
         &self,
         operation: &'static str,
-        path: &str,
-        params: &Params<'_>,
+        request: &impl StripeRequest,
+        patience: Patience,
+    ) -> Result<T, StripeError> {
+        self.call(operation, request, None, patience).await
+    }
+
+    /// Sends a request that creates an object. `idempotency_key` makes retries (ours, and a
+    /// caller's repeating the same logical request) return the first object instead of a
+    /// second one.
+    pub async fn create<R>(
+        &self,
+        operation: &'static str,
+        request: &R,
         idempotency_key: &str,
         patience: Patience,
-    ) -> Result<T, StripeError> {
-        self.call(
-            operation,
-            Method::POST,
-            path,
-            params,
-            Some(idempotency_key),
-            patience,
-        )
-        .await
+    ) -> Result<R::Output, StripeError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let key =
+            IdempotencyKey::new(idempotency_key).map_err(|error| StripeError::Request(error.to_string()))?;
+        self.call(operation, request, Some(key), patience).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: miniserde::Deserialize>(
         &self,
         operation: &'static str,
-        method: Method,
-        path: &str,
-        params: &Params<'_>,
-        idempotency_key: Option<&str>,
+        request: &impl StripeRequest,
+        idempotency_key: Option<IdempotencyKey>,
         patience: Patience,
     ) -> Result<T, StripeError> {
-        let request = Request {
-            method,
-            path,
-            params,
-            idempotency_key,
-        };
         let started = Instant::now();
         let deadline = started + patience.deadline();
         let mut attempt = 1;
         let result = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = self
-                .attempt(&request, remaining.min(patience.attempt_timeout()))
+                .attempt(
+                    request,
+                    idempotency_key.as_ref(),
+                    remaining.min(patience.attempt_timeout()),
+                )
                 .await;
-            let retry = match &outcome {
-                Ok(_) => false,
-                Err(Attempt { retryable, .. }) => *retryable,
-            };
+            let retry = outcome.as_ref().is_err_and(StripeError::is_retryable);
             let pause = patience.backoff(attempt);
             if !retry || attempt >= patience.attempts() || Instant::now() + pause >= deadline {
                 break outcome;
@@ -280,36 +328,41 @@ impl Stripe {
             tokio::time::sleep(pause).await;
             attempt += 1;
         };
-        let result = result.and_then(|body| {
-            serde_json::from_slice(&body).map_err(|error| Attempt {
-                error: StripeError::Decode(error.to_string()),
-                retryable: false,
-            })
-        });
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(Attempt { error, .. }) => error.outcome(),
+            Err(error) => error.outcome(),
         };
         metrics::counter!("keel_stripe_requests_total", "operation" => operation, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("keel_stripe_request_duration_seconds", "operation" => operation)
             .record(started.elapsed().as_secs_f64());
-        result.map_err(|failed| failed.error)
+        result
     }
 
-    /// One HTTP exchange through the breaker; the body of a 2xx answer.
-    async fn attempt(&self, request: &Request<'_>, timeout: Duration) -> Result<Vec<u8>, Attempt> {
+    /// One attempt through the breaker: async-stripe sends the request once.
+    async fn attempt<T: miniserde::Deserialize>(
+        &self,
+        request: &impl StripeRequest,
+        idempotency_key: Option<&IdempotencyKey>,
+        timeout: Duration,
+    ) -> Result<T, StripeError> {
         if !self.breaker(|b| b.admit(Instant::now(), timeout)) {
-            return Err(Attempt {
-                error: StripeError::CircuitOpen,
-                retryable: false,
-            });
+            return Err(StripeError::CircuitOpen);
         }
-        let result = self.exchange(request, timeout).await;
-        let stripe_failed = match &result {
-            Ok(_) => false,
-            Err(Attempt { error, .. }) => error.is_outage(),
+        let strategy = idempotency_key.map_or(RequestStrategy::Once, |key| {
+            RequestStrategy::Idempotent(key.clone())
+        });
+        let send = request
+            .build()
+            .customize::<T>()
+            .request_strategy(strategy)
+            .send(&self.0.client);
+        // Dropping the future on time out closes its connection.
+        let result = match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result.map_err(StripeError::from),
+            Err(_) => Err(StripeError::Timeout),
         };
+        let stripe_failed = result.as_ref().is_err_and(StripeError::is_outage);
         if self.breaker(|b| b.record(stripe_failed, Instant::now())) {
             tracing::warn!(
                 cooldown_secs = BREAKER_COOLDOWN.as_secs(),
@@ -331,109 +384,6 @@ impl Stripe {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut breaker)
-    }
-
-    async fn exchange(&self, request: &Request<'_>, timeout: Duration) -> Result<Vec<u8>, Attempt> {
-        let Request {
-            method,
-            path,
-            params,
-            idempotency_key,
-        } = request;
-        // Appended rather than joined, so that a base with a path (a proxy) keeps it.
-        let url = absolute_url(&self.0.base, path);
-        let mut request = self
-            .0
-            .http
-            .request(method.clone(), url)
-            .timeout(timeout)
-            .bearer_auth(self.0.secret_key.expose_secret())
-            .header("Stripe-Version", API_VERSION);
-        request = if *method == Method::GET {
-            request.query(params)
-        } else {
-            request.form(params)
-        };
-        if let Some(key) = *idempotency_key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let should_retry = response
-            .headers()
-            .get("stripe-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v == "true");
-        let body = response.bytes().await.map_err(transport_error)?;
-        if status.is_success() {
-            return Ok(body.to_vec());
-        }
-        let retryable = should_retry.unwrap_or(
-            status == StatusCode::CONFLICT
-                || status == StatusCode::TOO_MANY_REQUESTS
-                || status.is_server_error(),
-        );
-        Err(Attempt {
-            error: api_error(status, &body),
-            retryable,
-        })
-    }
-}
-
-/// One request to Stripe, as every attempt at it sends it.
-struct Request<'a> {
-    method: Method,
-    path: &'a str,
-    params: &'a Params<'a>,
-    idempotency_key: Option<&'a str>,
-}
-
-/// An attempt's failure and whether trying again may help.
-struct Attempt {
-    error: StripeError,
-    retryable: bool,
-}
-
-fn transport_error(error: reqwest::Error) -> Attempt {
-    let error = if error.is_timeout() {
-        StripeError::Timeout
-    } else {
-        // The chain names the cause (refused, reset, TLS); the URL holds no secret.
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text = format!("{text}: {cause}");
-            source = cause.source();
-        }
-        StripeError::Network(text)
-    };
-    Attempt {
-        error,
-        retryable: true,
-    }
-}
-
-/// Stripe's error body: `{"error": {"type", "code", "message"}}`.
-fn api_error(status: StatusCode, body: &[u8]) -> StripeError {
-    #[derive(Deserialize, Default)]
-    struct Body {
-        error: Detail,
-    }
-    #[derive(Deserialize, Default)]
-    struct Detail {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        code: Option<String>,
-        message: Option<String>,
-    }
-    let detail = serde_json::from_slice::<Body>(body).unwrap_or_default().error;
-    StripeError::Api {
-        status: status.as_u16(),
-        kind: detail.kind.unwrap_or_else(|| "unknown_error".to_owned()),
-        code: detail.code,
-        message: detail
-            .message
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
     }
 }
 
@@ -496,19 +446,48 @@ mod tests {
         assert!(breaker.admit(later + TRIAL, TRIAL));
     }
 
+    /// async-stripe's error for a `status` answer with `body`, as its client makes it.
+    fn answered(status: u16, body: &str) -> StripeError {
+        let error = match miniserde::json::from_str::<ErrorBody>(body) {
+            Ok(body) => stripe::StripeError::Stripe(Box::new(body.error), status),
+            Err(_) => stripe::StripeError::JSONDeserialize(UNREADABLE_ERROR_ANSWER.to_owned()),
+        };
+        error.into()
+    }
+
+    #[derive(miniserde::Deserialize)]
+    struct ErrorBody {
+        error: stripe::ApiErrors,
+    }
+
     #[test]
     fn outages_are_told_from_refusals() {
-        let refused = api_error(
-            StatusCode::NOT_FOUND,
-            br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such price: 'price_x'"}}"#,
+        let refused = answered(
+            404,
+            r#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such price: 'price_x'"}}"#,
         );
-        assert!(!refused.is_outage());
+        assert!(!refused.is_outage() && !refused.is_retryable());
         assert_eq!(
             refused.to_string(),
             "Stripe answered 404: invalid_request_error (resource_missing): No such price: 'price_x'"
         );
-        assert!(api_error(StatusCode::BAD_GATEWAY, b"<html>").is_outage());
+        let failed = answered(500, r#"{"error":{"type":"api_error","message":"Boom"}}"#);
+        assert!(failed.is_outage() && failed.is_retryable());
+        let limited = answered(429, r#"{"error":{"type":"invalid_request_error"}}"#);
+        assert!(!limited.is_outage() && limited.is_retryable());
+        assert_eq!(
+            limited.to_string(),
+            "Stripe answered 429: invalid_request_error: Too Many Requests"
+        );
+        let proxy = answered(502, "<html>");
+        assert!(proxy.is_outage() && proxy.is_retryable());
         assert!(StripeError::Timeout.is_outage() && StripeError::CircuitOpen.is_outage());
+        assert!(!StripeError::from(stripe::StripeError::JSONDeserialize("x".into())).is_retryable());
+    }
+
+    #[test]
+    fn the_api_version_is_async_stripes() {
+        assert_eq!(API_VERSION, stripe_shared::version::VERSION.as_str());
     }
 
     #[test]

@@ -109,10 +109,15 @@ impl FakeStripe {
     /// A recurring (licensed, every 1 `interval`) price that `GET /v1/prices/{id}` returns.
     pub fn add_price(&self, id: &str, unit_amount: i64, currency: &str, interval: &str) {
         let price = json!({
-            "id": id, "object": "price", "active": true, "currency": currency,
-            "unit_amount": unit_amount, "type": "recurring",
-            "recurring": {"interval": interval, "interval_count": 1, "usage_type": "licensed"},
-            "product": format!("prod_{}", id.trim_start_matches("price_")), "livemode": false,
+            "id": id, "object": "price", "active": true, "billing_scheme": "per_unit",
+            "created": now(), "currency": currency, "custom_unit_amount": null, "livemode": false,
+            "lookup_key": null, "metadata": {}, "nickname": null,
+            "product": format!("prod_{}", id.trim_start_matches("price_")),
+            "recurring": {"interval": interval, "interval_count": 1, "meter": null,
+                          "trial_period_days": null, "usage_type": "licensed"},
+            "tax_behavior": "unspecified", "tiers_mode": null, "transform_quantity": null,
+            "type": "recurring", "unit_amount": unit_amount,
+            "unit_amount_decimal": unit_amount.to_string(),
         });
         self.state().prices.insert(id.to_owned(), price);
     }
@@ -309,6 +314,7 @@ impl State {
             return missing(param);
         }
         let id = format!("cs_test_{}", self.next_object());
+        let created = now();
         let session = json!({
             "id": id, "object": "checkout.session",
             "url": format!("https://checkout.stripe.com/c/pay/{id}"),
@@ -316,6 +322,13 @@ impl State {
             "client_reference_id": text(request, "client_reference_id"),
             "success_url": text(request, "success_url"), "cancel_url": text(request, "cancel_url"),
             "metadata": hash(request, "metadata"), "status": "open", "livemode": false,
+            "created": created, "expires_at": created + 24 * 3600,
+            "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
+            "custom_fields": [],
+            "custom_text": {"after_submit": null, "shipping_address": null, "submit": null,
+                            "terms_of_service_acceptance": null},
+            "payment_method_types": ["card"], "payment_status": "unpaid", "shipping_options": [],
+            "subscription": null, "currency": null, "amount_total": null,
         });
         (StatusCode::OK, session)
     }
@@ -329,7 +342,8 @@ impl State {
             "id": id, "object": "billing_portal.session",
             "url": format!("https://billing.stripe.com/p/session/{id}"),
             "customer": text(request, "customer"), "return_url": text(request, "return_url"),
-            "livemode": false,
+            "livemode": false, "configuration": "bpc_fake_default", "created": now(),
+            "flow": null, "locale": null, "on_behalf_of": null,
         });
         (StatusCode::OK, session)
     }

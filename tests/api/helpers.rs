@@ -139,9 +139,6 @@ async fn spawn(customize: impl FnOnce(&mut HashMap<&'static str, String>), worke
 }
 
 pub fn client() -> reqwest::Client {
-    // keel's reqwest brings rustls without a provider (it passes its own, ring): the tests'
-    // clients use ring too. A second install in the process is refused, harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))

@@ -143,7 +143,7 @@ async fn checkout_sends_the_team_to_stripe_with_one_customer_for_good() {
         session.authorization.as_deref(),
         Some(format!("Bearer {SECRET_KEY}").as_str())
     );
-    assert_eq!(session.stripe_version.as_deref(), Some("2025-03-31.basil"));
+    assert_eq!(session.stripe_version.as_deref(), Some("2026-09-30.endive"));
     assert!(
         session
             .idempotency_key
