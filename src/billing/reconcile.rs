@@ -65,18 +65,27 @@ struct Page {
     has_more: bool,
 }
 
-/// miniserde's JSON (async-stripe's) as serde_json's (keel's readers').
-fn to_serde(value: miniserde::json::Value) -> Value {
+/// miniserde's JSON (async-stripe's) as serde_json's (keel's readers'). Deeper than
+/// [`MAX_DEPTH`] (never, from Stripe) becomes null rather than overflow the stack: miniserde
+/// reads any depth.
+fn to_serde(value: miniserde::json::Value, depth: usize) -> Value {
     use miniserde::json::{Number, Value as Mini};
+    const MAX_DEPTH: usize = 64;
     match value {
+        _ if depth > MAX_DEPTH => Value::Null,
         Mini::Null => Value::Null,
         Mini::Bool(b) => Value::Bool(b),
         Mini::Number(Number::U64(n)) => Value::from(n),
         Mini::Number(Number::I64(n)) => Value::from(n),
         Mini::Number(Number::F64(n)) => Value::from(n),
         Mini::String(s) => Value::String(s),
-        Mini::Array(items) => Value::Array(items.into_iter().map(to_serde).collect()),
-        Mini::Object(members) => Value::Object(members.into_iter().map(|(k, v)| (k, to_serde(v))).collect()),
+        Mini::Array(items) => Value::Array(items.into_iter().map(|v| to_serde(v, depth + 1)).collect()),
+        Mini::Object(members) => Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| (k, to_serde(v, depth + 1)))
+                .collect(),
+        ),
     }
 }
 
@@ -96,7 +105,7 @@ pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> 
         let page: Page = stripe
             .read_as("subscription.list", &request, Patience::Background)
             .await?;
-        let subscriptions: Vec<Value> = page.data.into_iter().map(to_serde).collect();
+        let subscriptions: Vec<Value> = page.data.into_iter().map(|s| to_serde(s, 0)).collect();
         for subscription in &subscriptions {
             let facts = match SubscriptionFacts::read(subscription) {
                 Ok(facts) => facts,
@@ -223,5 +232,27 @@ impl Job for ReconcileSubscriptions {
         let summary = reconcile(&context.db, stripe).await?;
         tracing::info!(%summary, "reconciled subscriptions with Stripe");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripe_pages_are_read_as_keel_reads_events() {
+        let raw = r#"{"object":"list","has_more":true,"data":[{"id":"sub_1","status":"active",
+                      "quantity":2,"balance":-5,"ratio":0.5,"items":{"data":[{"price":{"id":"price_1"}}]},
+                      "ended_at":null,"cancel_at_period_end":false}]}"#;
+        let page: Page = miniserde::json::from_str(raw).unwrap();
+        assert!(page.has_more);
+        let read: Vec<Value> = page.data.into_iter().map(|s| to_serde(s, 0)).collect();
+        let expected = serde_json::json!({"id": "sub_1", "status": "active", "quantity": 2, "balance": -5,
+            "ratio": 0.5, "items": {"data": [{"price": {"id": "price_1"}}]}, "ended_at": null,
+            "cancel_at_period_end": false});
+        assert_eq!(read, [expected]);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep: miniserde::json::Value = miniserde::json::from_str(&deep).unwrap();
+        assert!(to_serde(deep, 0).is_array(), "read without overflowing the stack");
     }
 }
