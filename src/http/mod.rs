@@ -148,12 +148,13 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             user_only(form(post(account::resend_verification))),
         );
 
-    // What every response goes through: the request id, access log, metrics and security
-    // headers; compression; error pages; panics as 500; the request timeout.
+    // What every response goes through, outermost first: the request id, the request span
+    // with its access-log line and metrics, the security headers; compression; error pages;
+    // panics as 500; the request timeout.
     let stack = ServiceBuilder::new()
-        .layer(middleware::ObserveLayer::new(middleware::security_headers(
-            config,
-        )))
+        .layer(middleware::request_ids())
+        .layer(middleware::trace())
+        .layer(middleware::security_headers(config.is_https()))
         .layer(CompressionLayer::new())
         .layer(middleware::around(
             |request: &mut Request| errors::wants_json(request),
@@ -166,10 +167,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         ));
 
     // Pages and forms: also rate limited per client, a CSRF context on every request, small
-    // bodies. The stack is applied to each part of the route map as one layer: axum boxes the
-    // service of every `layer` call around each route and, for every request, clones the
-    // route's boxes, each clone also cloning the boxes inside it (callgrind on `/`: 15 boxed
-    // clones per request with the layers applied one by one, docs/PERFORMANCE.md).
+    // bodies. One `layer` call per part of the route map: axum boxes and clones, per request,
+    // what each call wraps around a route (docs/PERFORMANCE.md).
     let site = Router::new()
         .merge(public)
         .merge(auth_forms)
