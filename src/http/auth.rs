@@ -2,7 +2,7 @@
 //!
 //! Handlers parse the form into domain values, call `accounts::Accounts`, and either redirect
 //! (303) or render the form again with 422, a message per field and what the user typed
-//! (never the password). CSRF is checked before they run (`csrf::protect`); the POSTs are
+//! (never the password). CSRF is checked before they run (`csrf::require`); the POSTs are
 //! also under the auth rate limit (see the route map in `http/mod.rs`).
 
 use std::time::Duration;
