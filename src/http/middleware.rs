@@ -1,23 +1,13 @@
-//! Cross-cutting middleware, tower-http's wherever it has one: request ids, the request span
-//! with its access-log line and request metrics, the security headers; and [`around`], for a
-//! middleware that needs the request before and the response after.
+//! Cross-cutting middleware, all of it tower-http's: request ids, the request span with its
+//! access-log line and request metrics, and the security headers.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use axum::{
-    BoxError,
-    body::{Bytes, HttpBody},
     extract::{MatchedPath, Request},
     http::{self, HeaderValue, header},
-    response::Response,
 };
-use tower::{Layer, Service, util::MapRequestLayer};
+use tower::util::MapRequestLayer;
 use tower_http::{
     classify::{ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -27,8 +17,6 @@ use tower_http::{
 use tracing::Span;
 
 use super::{REQUEST_ID, metrics};
-
-type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Probes are polled every few seconds; logging or counting each would drown the signal.
 pub fn is_probe(path: &str) -> bool {
@@ -159,76 +147,6 @@ impl ClassifyResponse for Counted {
     fn classify_error<E>(self, _error: &E) {}
 }
 
-/// A response of any body type as axum's `Response` (a `Body` is not boxed again).
-fn boxed<B>(response: http::Response<B>) -> Response
-where
-    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-{
-    response.map(axum::body::Body::new)
-}
-
-/// A middleware made of two plain functions: `before` sees (and may change) the request and
-/// returns what `after` needs; `after` gets that and the response. The inner service is
-/// called in place, where `axum::middleware::from_fn` would clone it for every request. For a
-/// middleware that must await before calling the handler (read the body), use `from_fn`.
-pub fn around<B, A>(before: B, after: A) -> Around<B, A> {
-    Around { before, after }
-}
-
-#[derive(Clone)]
-pub struct Around<B, A> {
-    before: B,
-    after: A,
-}
-
-impl<S, B: Clone, A: Clone> Layer<S> for Around<B, A> {
-    type Service = AroundService<S, B, A>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AroundService {
-            inner,
-            before: self.before.clone(),
-            after: self.after.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AroundService<S, B, A> {
-    inner: S,
-    before: B,
-    after: A,
-}
-
-impl<S, Body, B, A, C, F> Service<Request> for AroundService<S, B, A>
-where
-    S: Service<Request, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-    Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-    B: Fn(&mut Request) -> C,
-    A: Fn(C, Response) -> F + Clone + Send + 'static,
-    C: Send + 'static,
-    F: Future<Output = Response> + Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxedResponse;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> BoxedResponse {
-        let context = (self.before)(&mut request);
-        let answer = self.inner.call(request);
-        let after = self.after.clone();
-        Box::pin(async move {
-            let response = boxed(answer.await?);
-            Ok(after(context, response).await)
-        })
-    }
-}
-
 type SetHeader = SetResponseHeaderLayer<Option<HeaderValue>>;
 
 /// The headers every response carries (SPEC.md), unless the handler set its own. HSTS only
@@ -278,7 +196,7 @@ pub fn security_headers(
 
 #[cfg(test)]
 mod tests {
-    use axum::{Router, body::Body, http::StatusCode, routing::get};
+    use axum::{Router, body::Body, http::StatusCode, response::Response, routing::get};
     use tower::ServiceExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 

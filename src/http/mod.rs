@@ -23,9 +23,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::{
     Router,
-    extract::Request,
     http::{HeaderName, StatusCode},
-    middleware::{from_extractor_with_state, from_fn},
+    middleware::{from_extractor_with_state, from_fn, from_fn_with_state},
     response::Html,
     routing::{MethodRouter, get, post},
 };
@@ -156,10 +155,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .layer(middleware::trace())
         .layer(middleware::security_headers(config.is_https()))
         .layer(CompressionLayer::new())
-        .layer(middleware::around(
-            |request: &mut Request| errors::wants_json(request),
-            errors::render_errors,
-        ))
+        .layer(from_fn(errors::error_pages))
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -180,7 +176,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             stack
                 .clone()
                 .layer(rate_limit)
-                .layer(csrf::context(&state))
+                .layer(from_fn_with_state(state.clone(), csrf::context))
                 .layer(RequestBodyLimitLayer::new(FORM_BODY_LIMIT)),
         );
 
