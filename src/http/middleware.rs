@@ -10,7 +10,7 @@ use axum::{
 use tower::util::MapRequestLayer;
 use tower_http::{
     classify::{ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos},
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     set_header::SetResponseHeaderLayer,
     trace::{MakeSpan, OnResponse, TraceLayer},
 };
@@ -28,17 +28,29 @@ pub fn is_probe(path: &str) -> bool {
 /// The response carries it back.
 pub fn request_ids() -> (
     MapRequestLayer<KeepRequest>,
-    SetRequestIdLayer<MakeRequestUuid>,
+    SetRequestIdLayer<NewUuid>,
     PropagateRequestIdLayer,
 ) {
     (
         MapRequestLayer::new(drop_unacceptable_request_id as KeepRequest),
-        SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid),
+        SetRequestIdLayer::new(REQUEST_ID.clone(), NewUuid),
         PropagateRequestIdLayer::new(REQUEST_ID.clone()),
     )
 }
 
 type KeepRequest = fn(Request) -> Request;
+
+/// A new UUID v4 (tower-http's `MakeRequestUuid` formats it into a `String` first).
+#[derive(Clone, Copy)]
+pub struct NewUuid;
+
+impl MakeRequestId for NewUuid {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
+    }
+}
 
 /// Removes a client's request id that is not a short token, so that one is generated.
 fn drop_unacceptable_request_id(mut request: Request) -> Request {
