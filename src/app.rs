@@ -77,7 +77,7 @@ impl App {
             catalog,
             job_waker: jobs::Waker::start(db.clone()),
             csrf: CsrfKey::new(&config.secret_key),
-            cookies: CookieNames::new(config.base_url.scheme() == "https"),
+            cookies: CookieNames::new(config.is_https()),
             webhooks: (!config.stripe.webhook_secrets.is_empty()).then(|| {
                 Verifier::new(
                     config
@@ -126,10 +126,6 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.local_addr().port()
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
     }
 
     /// Serves (and runs jobs) until `shutdown` is cancelled, then lets in-flight requests and

@@ -25,7 +25,6 @@ pub mod defaults {
     pub const RATE_LIMIT_PER_SECOND: u32 = 10;
     pub const RATE_LIMIT_BURST: u32 = 50;
     pub const AUTH_RATE_LIMIT_PER_MINUTE: u32 = 10;
-    pub const GRACE_PERIOD_DAYS: u32 = 7;
     /// The `SECRET_KEY` written in `.env.example`: fine on a laptop, refused in production.
     pub const EXAMPLE_SECRET_KEY_PREFIX: &str = "dev0000000000000000";
 }

@@ -1,34 +1,30 @@
 //! Logging and metrics. Logging: one `tracing` subscriber for the process, human-readable in
-//! development and JSON lines in production, written to stdout; `RUST_LOG` overrides the
-//! default filter. Metrics: one Prometheus recorder for the process ([`metrics`]).
+//! development and JSON lines in production, on stdout; `RUST_LOG` overrides the default
+//! filter. Metrics: one Prometheus recorder for the process ([`metrics`]).
 //!
-//! Lines go into one shared in-memory buffer; a writer thread writes it out every
-//! `FLUSH_INTERVAL`, or at once for WARN and ERROR lines. So the access-log line of a request
-//! costs a copy, not a `write(2)` or a wake-up of another thread, and no request thread ever
-//! waits on stdout: if stdout stalls until `MAX_PENDING` bytes wait, further lines are dropped
-//! (and counted in a line written when it drains). Measured with `bench/` on `/` (CPU time per
-//! request): a synchronous stdout writer cost ~6 µs, a channel to a writer thread
-//! (tracing-appender) ~4.7 µs, mostly waking that thread for each line; this buffer costs what
-//! formatting the line costs. The price: on `kill -9`, up to `FLUSH_INTERVAL` of INFO lines is
-//! lost.
+//! Lines go to stdout through tracing-appender's non-blocking writer, not lossy: if stdout
+//! stalls until its queue is full, logging waits rather than losing the lines that would
+//! explain the stall. The queue is written out when the guard [`init`] returns is dropped.
+//!
+//! The JSON lines are tracing-subscriber's JSON format, written by a formatter of ours
+//! ([`JsonLines`]) because the library's costs half as many instructions again per `/`
+//! request (docs/PERFORMANCE.md, "Issue 15"); a unit test checks that both write the same lines.
 
 use std::{
     cell::RefCell,
-    io::{self, Stdout, Write},
-    sync::{
-        Condvar, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    io,
+    sync::OnceLock,
     time::{Duration, UNIX_EPOCH},
 };
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{
-    Event, Level, Metadata, Subscriber,
+    Event, Subscriber,
     field::{Field, Visit},
 };
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
-    EnvFilter,
+    EnvFilter, Layer,
     field::RecordFields,
     fmt,
     fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter, format::Writer},
@@ -40,127 +36,71 @@ use crate::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,tower_http=warn,sqlx=warn";
 
-/// How long an INFO line may wait in the buffer.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Buffered bytes that wake the writer before the interval is up.
-const FLUSH_AT: usize = 64 * 1024;
-/// Buffered bytes beyond which lines are dropped rather than held (stdout has stalled).
-const MAX_PENDING: usize = 16 * 1024 * 1024;
+/// Lines waiting for stdout before logging waits (~0.4 s of a busy server's access log).
+const QUEUED_LINES: usize = 16 * 1024;
 
-/// Lines waiting to be written. Request threads hold `pending` only to copy a line in; the
-/// writer thread swaps the pending bytes out and writes them under `output`.
-struct LogBuffer {
-    pending: Mutex<Vec<u8>>,
-    /// Wakes the writer thread early (a WARN or ERROR line, or a full buffer).
-    wake: Condvar,
-    /// Stdout and a spare buffer to swap with `pending`. Its lock also keeps chunks in order.
-    output: Mutex<(Stdout, Vec<u8>)>,
-    dropped: AtomicU64,
-}
-
-static LOG_BUFFER: LazyLock<LogBuffer> = LazyLock::new(|| LogBuffer {
-    pending: Mutex::new(Vec::with_capacity(2 * FLUSH_AT)),
-    wake: Condvar::new(),
-    output: Mutex::new((io::stdout(), Vec::with_capacity(2 * FLUSH_AT))),
-    dropped: AtomicU64::new(0),
-});
-
-/// A panic while a lock is held leaves at worst a partial line: keep logging.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl LogBuffer {
-    fn append(&self, line: &[u8], urgent: bool) {
-        let mut pending = lock(&self.pending);
-        if pending.len() + line.len() > MAX_PENDING {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        pending.extend_from_slice(line);
-        if urgent || pending.len() >= FLUSH_AT {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Writes out what is pending (the writer thread, and `FlushOnDrop` at exit).
-    fn flush(&self) -> io::Result<()> {
-        let mut output = lock(&self.output);
-        let (stdout, spare) = &mut *output;
-        std::mem::swap(&mut *lock(&self.pending), spare);
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            writeln!(
-                stdout,
-                r#"{{"level":"WARN","message":"{dropped} log lines dropped: stdout was not keeping up"}}"#
-            )?;
-        }
-        let written = stdout.write_all(spare).and_then(|()| stdout.flush());
-        spare.clear();
-        written
-    }
-
-    /// The writer thread: sleeps until woken or `FLUSH_INTERVAL` passes, then writes.
-    fn write_forever(&self) {
-        loop {
-            let pending = lock(&self.pending);
-            if pending.is_empty() {
-                let (pending, _) = self
-                    .wake
-                    .wait_timeout(pending, FLUSH_INTERVAL)
-                    .unwrap_or_else(PoisonError::into_inner);
-                drop(pending);
-            } else {
-                drop(pending);
-            }
-            let _ = self.flush();
-        }
-    }
-}
-
-/// Writes every line that is still buffered when dropped (at the end of `main`).
-pub struct FlushOnDrop;
-
-impl Drop for FlushOnDrop {
-    fn drop(&mut self) {
-        let _ = LOG_BUFFER.flush();
-    }
-}
-
-/// Installs the global subscriber. Keep the returned guard until the process ends. Returns
-/// `None` when a subscriber is already installed (tests), which is then kept.
-pub fn init(format: LogFormat) -> Option<FlushOnDrop> {
+/// Installs the global subscriber. Keep the returned guard until the process ends: dropping it
+/// writes out the lines still queued. Returns `None` when a subscriber is already installed
+/// (tests), which is then kept.
+pub fn init(format: LogFormat) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (stdout, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        // The queue's slots are allocated up front: the default 128,000 cost 4 MiB of idle RSS.
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("keel-log-writer")
+        .finish(BatchedStdout(io::BufWriter::with_capacity(
+            64 * 1024,
+            io::stdout(),
+        )));
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_target(false).with_writer(BufferedStdout))
+            .with(fmt::layer().with_target(false).with_writer(stdout))
             .try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .fmt_fields(JsonMembers)
-                    .event_format(JsonLines)
-                    .with_writer(BufferedStdout),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_lines(stdout)).try_init(),
     };
-    installed.ok()?;
-    std::thread::Builder::new()
-        .name("keel-log-writer".into())
-        .spawn(|| LOG_BUFFER.write_forever())
-        .ok()?;
-    Some(FlushOnDrop)
+    installed.ok().map(|()| guard)
 }
 
-/// One JSON object per line, as tracing-subscriber's own JSON format writes it with the event's
+/// How long the writer thread waits after writing a batch (see [`BatchedStdout`]).
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
+/// Stdout as the writer thread sees it. The thread flushes each time its queue runs empty;
+/// pausing there lets lines gather into the next batch, where otherwise nearly every line
+/// would wake the thread again (a futex wake-up and a context switch per request). A
+/// `kill -9` can then lose up to `BATCH_PAUSE` of lines; a normal stop loses none.
+struct BatchedStdout(io::BufWriter<io::Stdout>);
+
+impl io::Write for BatchedStdout {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        std::thread::sleep(BATCH_PAUSE);
+        Ok(())
+    }
+}
+
+/// One JSON object per line, keel's [`JsonLines`].
+pub fn json_lines<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .fmt_fields(JsonMembers)
+        .event_format(JsonLines)
+        .with_writer(writer)
+}
+
+/// One JSON object per line, as tracing-subscriber's JSON format writes it with the event's
 /// fields at the top level and the current span under `span`:
 /// `{"timestamp":…,"level":"INFO","message":"served","status":200,…,"target":…,"span":{"method":…,"request_id":…,"route":…,"name":"request"}}`.
-/// The difference is the cost. The library keeps a span's fields as a JSON object it builds
-/// through a `serde_json::Value` map when the span opens, and parses that text back into a
-/// `Value` for every event; here they are written once as JSON members ([`JsonMembers`]) and
-/// copied into each line as they are. Measured with callgrind on `/` (one span and one
-/// access-log line per request): see docs/PERFORMANCE.md.
+/// The library builds a `serde_json::Value` map for every span and parses it back for every
+/// event; here a span's fields are written once as JSON members ([`JsonMembers`]) and copied.
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -206,8 +146,7 @@ where
 }
 
 /// `2026-12-03T10:24:08.123456Z` (UTC, microseconds), as tracing-subscriber's `SystemTime`
-/// writes it. Formatting the date costs ~2,000 instructions, a good part of an access-log
-/// line, so each thread formats it once per second and appends the microseconds.
+/// writes it. Each thread formats the date once per second and appends the microseconds.
 fn write_timestamp(writer: &mut dyn std::fmt::Write, now: std::time::SystemTime) -> std::fmt::Result {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
@@ -251,8 +190,7 @@ struct JsonMembers;
 
 impl<'w> FormatFields<'w> for JsonMembers {
     /// The members are written into a buffer of the thread's first, then into the span's
-    /// (empty) string at once: piece by piece, that string grew four or five times for every
-    /// request span. (Should this ever be re-entered on a thread, it writes directly.)
+    /// string at once, so that string is allocated once. (Re-entered, it writes directly.)
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> std::fmt::Result {
         thread_local! {
             static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
@@ -379,8 +317,7 @@ fn write_escaped(writer: &mut dyn std::fmt::Write, value: &str) -> std::fmt::Res
 
 /// Whether JSON needs any of these bytes escaped: a control character, `"` or `\`. Eight
 /// bytes at a time (the classic "has a byte less than n / equal to c" word tricks, exact for
-/// whether any byte matches): a byte-by-byte check was ~1,700 instructions of every
-/// access-log line (callgrind, docs/PERFORMANCE.md).
+/// whether any byte matches).
 fn needs_escaping(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -409,44 +346,6 @@ struct JsonEscaped<'a>(&'a mut dyn std::fmt::Write);
 impl std::fmt::Write for JsonEscaped<'_> {
     fn write_str(&mut self, text: &str) -> std::fmt::Result {
         write_escaped(self.0, text)
-    }
-}
-
-/// Hands the fmt layer a writer per event, marking WARN and ERROR lines urgent.
-struct BufferedStdout;
-
-struct EventWriter {
-    urgent: bool,
-}
-
-impl<'a> MakeWriter<'a> for BufferedStdout {
-    type Writer = EventWriter;
-
-    fn make_writer(&'a self) -> EventWriter {
-        EventWriter { urgent: false }
-    }
-
-    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> EventWriter {
-        EventWriter {
-            urgent: *meta.level() <= Level::WARN,
-        }
-    }
-}
-
-impl Write for EventWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.write_all(bytes).map(|()| bytes.len())
-    }
-
-    /// The fmt layer hands over each formatted line in one call: lines never interleave.
-    fn write_all(&mut self, line: &[u8]) -> io::Result<()> {
-        LOG_BUFFER.append(line, self.urgent);
-        Ok(())
-    }
-
-    /// Nothing to do: the writer thread writes.
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -506,13 +405,13 @@ pub(crate) mod testing {
 
     impl Captured {
         pub fn text(&self) -> String {
-            String::from_utf8(super::lock(&self.0).clone()).unwrap()
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
     }
 
     impl io::Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            super::lock(&self.0).extend_from_slice(bytes);
+            self.0.lock().unwrap().extend_from_slice(bytes);
             Ok(bytes.len())
         }
 
@@ -557,12 +456,7 @@ mod tests {
 
     /// A subscriber writing keel's JSON lines into `captured`.
     fn ours_into(captured: &Captured) -> impl tracing::Subscriber {
-        tracing_subscriber::registry().with(
-            fmt::layer()
-                .fmt_fields(JsonMembers)
-                .event_format(JsonLines)
-                .with_writer(captured.clone()),
-        )
+        tracing_subscriber::registry().with(json_lines(captured.clone()))
     }
 
     fn lines_of(captured: &Captured) -> Vec<serde_json::Value> {

@@ -12,14 +12,11 @@
 //! is 403 before any handler runs and nothing changes, while a wrong method on another route is
 //! still 405. Handlers that render a form take [`CsrfToken`].
 
-use std::{
-    future::{Ready, ready},
-    sync::{Arc, OnceLock},
-};
+use std::sync::{Arc, OnceLock};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{FromRequest as _, FromRequestParts, Request},
+    extract::{FromRequest as _, FromRequestParts, Request, State},
     http::{HeaderName, HeaderValue, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -28,7 +25,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::Mac as _;
 use sha2::Sha256;
 
-use super::{AppState, middleware::Around, session::cookie_value};
+use super::{AppState, session::cookie_value};
 use crate::{accounts::SecretToken, config::SecretKey, error::AppError};
 
 type Hmac = hmac::Hmac<Sha256>;
@@ -119,42 +116,32 @@ impl FromRequestParts<AppState> for CsrfToken {
     }
 }
 
-/// Runs on every request of the site (a `middleware::around` layer): finds what a token is
-/// bound to, and sets the browser cookie when a page rendered a token for a browser that had
-/// none. Refuses nothing.
-pub fn context(
-    state: &AppState,
-) -> Around<
-    impl Fn(&mut Request) -> Issued + Clone + use<>,
-    impl Fn(Issued, Response) -> Ready<Response> + Clone + Send + 'static + use<>,
-> {
-    let (key, names) = (state.csrf.clone(), state.cookies);
-    let before = move |request: &mut Request| {
-        let headers = request.headers();
-        let binding = cookie_value(headers, names.session)
-            .filter(|token| SecretToken::parse(token).is_some())
-            .map(|token| Binding::Session(token.to_owned()))
-            .or_else(|| {
-                cookie_value(headers, names.csrf)
-                    .filter(|token| SecretToken::parse(token).is_some())
-                    .map(|token| Binding::Browser(token.to_owned()))
-            });
-        let issued = Issued::default();
-        request.extensions_mut().insert(CsrfContext {
-            key: key.clone(),
-            binding,
-            issued: Arc::clone(&issued),
+/// Runs on every request of the site (`from_fn_with_state`): finds what a token is bound to,
+/// and sets the browser cookie when a page rendered a token for a browser that had none.
+/// Refuses nothing.
+pub async fn context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let names = state.cookies;
+    let headers = request.headers();
+    let binding = cookie_value(headers, names.session)
+        .filter(|token| SecretToken::parse(token).is_some())
+        .map(|token| Binding::Session(token.to_owned()))
+        .or_else(|| {
+            cookie_value(headers, names.csrf)
+                .filter(|token| SecretToken::parse(token).is_some())
+                .map(|token| Binding::Browser(token.to_owned()))
         });
-        issued
-    };
-    let after = move |issued: Issued, mut response: Response| {
-        if let Some(value) = issued.get() {
-            let cookie = names.set_cookie(names.csrf, value, Some(BROWSER_COOKIE_LIFETIME));
-            response.headers_mut().append(header::SET_COOKIE, cookie);
-        }
-        ready(response)
-    };
-    super::middleware::around(before, after)
+    let issued = Issued::default();
+    request.extensions_mut().insert(CsrfContext {
+        key: state.csrf.clone(),
+        binding,
+        issued: Arc::clone(&issued),
+    });
+    let mut response = next.run(request).await;
+    if let Some(value) = issued.get() {
+        let cookie = names.set_cookie(names.csrf, value, Some(BROWSER_COOKIE_LIFETIME));
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
 }
 
 const BROWSER_COOKIE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);

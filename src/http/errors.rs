@@ -9,6 +9,7 @@ use axum::{
     body::Body,
     extract::Request,
     http::{HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -44,9 +45,14 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 /// Largest framework-written explanation (e.g. a form rejection) copied into the page.
 const MAX_DETAIL: usize = 300;
 
-/// After the handler (see `middleware::around`): a 4xx/5xx becomes the error page, or JSON when
-/// the request asked for it ([`wants_json`], looked at before the handler ran).
-pub async fn render_errors(wants_json: bool, response: Response) -> Response {
+/// Around every handler (`from_fn`): a 4xx/5xx becomes the error page, or JSON when the
+/// request asked for it ([`wants_json`]).
+pub async fn error_pages(request: Request, next: Next) -> Response {
+    let wants_json = wants_json(&request);
+    render_errors(wants_json, next.run(request).await).await
+}
+
+async fn render_errors(wants_json: bool, response: Response) -> Response {
     let status = response.status();
     if !status.is_client_error() && !status.is_server_error() {
         return response;
@@ -212,10 +218,7 @@ mod tests {
             .route("/slow", get(too_slow))
             .layer(
                 ServiceBuilder::new()
-                    .layer(crate::http::middleware::around(
-                        |request: &mut axum::extract::Request| wants_json(request),
-                        render_errors,
-                    ))
+                    .layer(axum::middleware::from_fn(error_pages))
                     .layer(CatchPanicLayer::custom(panic_response))
                     .layer(TimeoutLayer::with_status_code(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -73,7 +73,7 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Counts a request (`keel_http_requests_total{method,route,status}`) and its time
-/// (`keel_http_request_duration_seconds{method,route}`); called by `middleware::Observe` for
+/// (`keel_http_request_duration_seconds{method,route}`); called by `middleware::trace` for
 /// every request but probes (`/health` has its own monitoring). The route is the matched
 /// template, never the raw path, and a method outside the standard ones is counted as
 /// `OTHER` ([`method_label`]), so scanners cannot create unbounded label values.

@@ -1,275 +1,214 @@
-//! Cross-cutting middleware: request ids, the access log, request metrics and security
-//! headers ([`Observe`]), and [`around`], which the other site-wide middleware is built on.
-//!
-//! Both are hand-written tower services rather than `axum::middleware::from_fn`: a `from_fn`
-//! middleware owns its inner service through `Next`, so it clones the whole stack inside it
-//! for every request (each clone a boxed allocation per route layer) and drops it afterwards.
-//! These call the inner service in place. Measured with callgrind on `/`: see
-//! docs/PERFORMANCE.md.
+//! Cross-cutting middleware, all of it tower-http's: request ids, the request span with its
+//! access-log line and request metrics, and the security headers.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Instant,
-};
+use std::time::{Duration, Instant};
 
 use axum::{
-    BoxError,
-    body::{Bytes, HttpBody},
     extract::{MatchedPath, Request},
-    http::{self, HeaderMap, HeaderValue, header},
-    response::Response,
+    http::{self, HeaderValue, header},
 };
-use tower::{Layer, Service};
-use tracing::Instrument as _;
+use tower::util::MapRequestLayer;
+use tower_http::{
+    classify::{ClassifiedResponse, ClassifyResponse, MakeClassifier, NeverClassifyEos},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
+    trace::{MakeSpan, OnResponse, TraceLayer},
+};
+use tracing::Span;
 
 use super::{REQUEST_ID, metrics};
-use crate::config::Config;
-
-type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// Probes are polled every few seconds; logging or counting each would drown the signal.
 pub fn is_probe(path: &str) -> bool {
     path == "/health" || path == "/health/live"
 }
 
-/// What every request goes through first (see [`Observe`]).
-#[derive(Clone)]
-pub struct ObserveLayer {
-    security_headers: Arc<HeaderMap>,
+/// The request id: the client's `x-request-id` if it is a short token (nginx sends one, so one
+/// id follows a request across hops), else a new UUID, so logs cannot be forged through it.
+/// The response carries it back.
+pub fn request_ids() -> (
+    MapRequestLayer<KeepRequest>,
+    SetRequestIdLayer<NewUuid>,
+    PropagateRequestIdLayer,
+) {
+    (
+        MapRequestLayer::new(drop_unacceptable_request_id as KeepRequest),
+        SetRequestIdLayer::new(REQUEST_ID.clone(), NewUuid),
+        PropagateRequestIdLayer::new(REQUEST_ID.clone()),
+    )
 }
 
-impl ObserveLayer {
-    /// Sends `security_headers` ([`security_headers`]) with every response.
-    pub fn new(security_headers: HeaderMap) -> Self {
-        Self {
-            security_headers: Arc::new(security_headers),
-        }
+type KeepRequest = fn(Request) -> Request;
+
+/// A new UUID v4 (tower-http's `MakeRequestUuid` formats it into a `String` first).
+#[derive(Clone, Copy)]
+pub struct NewUuid;
+
+impl MakeRequestId for NewUuid {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            security_headers: Arc::clone(&self.security_headers),
-        }
-    }
-}
-
-/// For every request:
-/// - a request id: the client's `x-request-id` if it is a short token (nginx sends one, so one
-///   id follows a request across hops), else a new UUID; anything else is replaced, so logs
-///   cannot be forged through it. The response carries it back.
-/// - one span carrying method, route template and request id, so every log line written while
-///   handling the request names them, and one access-log line (`served`, with status and
-///   latency) when it is answered. The query string is never logged: it can carry tokens
-///   (`/reset-password?token=…`).
-/// - `keel_http_requests_total` and `keel_http_request_duration_seconds` (see
-///   [`metrics::record_request`]).
-/// - the security headers, on every response (a handler's own value of one is kept).
-///
-/// Probes (`/health`, `/health/live`) get the request id and the headers but are neither
-/// logged nor counted.
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    security_headers: Arc<HeaderMap>,
-}
-
-impl<S, Body> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-    Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxedResponse;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> BoxedResponse {
-        let request_id = request_id(&mut request);
-        if is_probe(request.uri().path()) {
-            let headers = Arc::clone(&self.security_headers);
-            let answer = self.inner.call(request);
-            return Box::pin(async move { Ok(finish(boxed(answer.await?), &headers, request_id)) });
-        }
-
-        let started = Instant::now();
-        let method = metrics::method_label(request.method());
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let span = tracing::info_span!(
-            "request",
-            method = request.method().as_str(),
-            route = route.as_ref().map_or("(none)", MatchedPath::as_str),
-            request_id = request_id.to_str().unwrap_or_default(),
-        );
-        let headers = Arc::clone(&self.security_headers);
-        let answer = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let response = finish(boxed(answer.await?), &headers, request_id);
-                let status = response.status().as_u16();
-                let elapsed = started.elapsed();
-                tracing::info!(status, latency_us = elapsed.as_micros() as u64, "served");
-                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-                metrics::record_request(method, route, status, elapsed);
-                Ok(response)
-            }
-            .instrument(span),
-        )
-    }
-}
-
-/// The security headers a response lacks, and its request id.
-fn finish(mut response: Response, security_headers: &HeaderMap, request_id: HeaderValue) -> Response {
-    let headers = response.headers_mut();
-    headers.reserve(security_headers.len() + 1);
-    for (name, value) in security_headers {
-        headers.entry(name).or_insert_with(|| value.clone());
-    }
-    headers.entry(&REQUEST_ID).or_insert(request_id);
-    response
-}
-
-/// A response of any body type as axum's `Response` (a `Body` is not boxed again).
-fn boxed<B>(response: http::Response<B>) -> Response
-where
-    B: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-{
-    response.map(axum::body::Body::new)
-}
-
-/// The client's request id if it is acceptable, else a new one written into the request.
-fn request_id(request: &mut Request) -> HeaderValue {
-    let acceptable = request.headers().get(&REQUEST_ID).filter(|value| {
+/// Removes a client's request id that is not a short token, so that one is generated.
+fn drop_unacceptable_request_id(mut request: Request) -> Request {
+    let acceptable = request.headers().get(&REQUEST_ID).is_none_or(|value| {
         let bytes = value.as_bytes();
         (1..=64).contains(&bytes.len())
             && bytes
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     });
-    if let Some(id) = acceptable {
-        return id.clone();
+    if !acceptable {
+        request.headers_mut().remove(&REQUEST_ID);
     }
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let generated = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    let id =
-        HeaderValue::from_str(generated).unwrap_or_else(|_| unreachable!("a UUID is a valid header value"));
-    request.headers_mut().insert(&REQUEST_ID, id.clone());
-    id
+    request
 }
 
-/// A middleware made of two plain functions: `before` sees (and may change) the request and
-/// returns what `after` needs; `after` gets that and the response. The inner service is
-/// called in place, where `axum::middleware::from_fn` would clone it for every request. For a
-/// middleware that must await before calling the handler (read the body), use `from_fn`.
-pub fn around<B, A>(before: B, after: A) -> Around<B, A> {
-    Around { before, after }
+/// A span per request carrying method, route template and request id, so every line logged
+/// while handling it names them; one access-log line (`served`, with status and latency) when
+/// it is answered; and the request metrics. The query string is never logged: it can carry
+/// tokens (`/reset-password?token=…`). Probes are neither logged nor counted.
+pub fn trace() -> TraceLayer<CountRequests, RequestSpan, (), Served, (), (), ()> {
+    TraceLayer::new(CountRequests)
+        .make_span_with(RequestSpan)
+        .on_request(())
+        .on_response(Served)
+        .on_body_chunk(())
+        .on_eos(())
+        // An error is logged once, with its cause, by the error pages.
+        .on_failure(())
 }
 
-#[derive(Clone)]
-pub struct Around<B, A> {
-    before: B,
-    after: A,
+#[derive(Clone, Copy)]
+pub struct RequestSpan;
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &http::Request<B>) -> Span {
+        if is_probe(request.uri().path()) {
+            return Span::none();
+        }
+        tracing::info_span!(
+            "request",
+            method = request.method().as_str(),
+            route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("(none)", MatchedPath::as_str),
+            request_id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or_default(),
+        )
+    }
 }
 
-impl<S, B: Clone, A: Clone> Layer<S> for Around<B, A> {
-    type Service = AroundService<S, B, A>;
+/// The access-log line, inside the request's span.
+#[derive(Clone, Copy)]
+pub struct Served;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        AroundService {
-            inner,
-            before: self.before.clone(),
-            after: self.after.clone(),
+impl<B> OnResponse<B> for Served {
+    fn on_response(self, response: &http::Response<B>, latency: Duration, span: &Span) {
+        // No span: a probe (or INFO is off, and so is this line).
+        if !span.is_disabled() {
+            let status = response.status().as_u16();
+            tracing::info!(status, latency_us = latency.as_micros() as u64, "served");
         }
     }
 }
 
+/// Counts each request in [`metrics::record_request`]. The trace layer hands its classifier
+/// the request and then the response, so it is where both are seen without a layer of ours.
+#[derive(Clone, Copy)]
+pub struct CountRequests;
+
 #[derive(Clone)]
-pub struct AroundService<S, B, A> {
-    inner: S,
-    before: B,
-    after: A,
-}
+pub struct Counted(Option<(&'static str, Option<MatchedPath>, Instant)>);
 
-impl<S, Body, B, A, C, F> Service<Request> for AroundService<S, B, A>
-where
-    S: Service<Request, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-    Body: HttpBody<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
-    B: Fn(&mut Request) -> C,
-    A: Fn(C, Response) -> F + Clone + Send + 'static,
-    C: Send + 'static,
-    F: Future<Output = Response> + Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxedResponse;
+impl MakeClassifier for CountRequests {
+    type Classifier = Counted;
+    type FailureClass = ();
+    type ClassifyEos = NeverClassifyEos<()>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> BoxedResponse {
-        let context = (self.before)(&mut request);
-        let answer = self.inner.call(request);
-        let after = self.after.clone();
-        Box::pin(async move {
-            let response = boxed(answer.await?);
-            Ok(after(context, response).await)
-        })
+    fn make_classifier<B>(&self, request: &http::Request<B>) -> Counted {
+        Counted((!is_probe(request.uri().path())).then(|| {
+            (
+                metrics::method_label(request.method()),
+                request.extensions().get::<MatchedPath>().cloned(),
+                Instant::now(),
+            )
+        }))
     }
 }
 
-/// The headers every response carries (SPEC.md). HSTS only when the site is https: sent over
-/// plain http it would be ignored, and on localhost it would break development.
-pub fn security_headers(config: &Config) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let mut set = |name: header::HeaderName, value: &'static str| {
-        headers.insert(name, HeaderValue::from_static(value));
+impl ClassifyResponse for Counted {
+    type FailureClass = ();
+    type ClassifyEos = NeverClassifyEos<()>;
+
+    fn classify_response<B>(self, response: &http::Response<B>) -> ClassifiedResponse<(), Self::ClassifyEos> {
+        if let Some((method, route, started)) = self.0 {
+            let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            metrics::record_request(method, route, response.status().as_u16(), started.elapsed());
+        }
+        ClassifiedResponse::Ready(Ok(()))
+    }
+
+    fn classify_error<E>(self, _error: &E) {}
+}
+
+type SetHeader = SetResponseHeaderLayer<Option<HeaderValue>>;
+
+/// The headers every response carries (SPEC.md), unless the handler set its own. HSTS only
+/// when the site is https: sent over plain http it would be ignored, and on localhost it would
+/// break development.
+pub fn security_headers(
+    https: bool,
+) -> (
+    SetHeader,
+    SetHeader,
+    SetHeader,
+    SetHeader,
+    SetHeader,
+    SetHeader,
+    SetHeader,
+) {
+    let set = |name: header::HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, Some(HeaderValue::from_static(value)))
     };
-    // Forms post to our own routes, which may redirect to Stripe Checkout and the billing
-    // portal; browsers apply form-action to that redirect too.
-    set(
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
-         form-action 'self' https://checkout.stripe.com https://billing.stripe.com; \
-         frame-ancestors 'none'",
-    );
-    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(header::REFERRER_POLICY, "strict-origin-when-cross-origin");
-    set(header::X_FRAME_OPTIONS, "DENY");
-    set(
-        header::HeaderName::from_static("cross-origin-opener-policy"),
-        "same-origin",
-    );
-    set(
-        header::HeaderName::from_static("permissions-policy"),
-        "camera=(), microphone=(), geolocation=(), payment=()",
-    );
-    if config.is_https() {
+    (
+        // Forms post to our own routes, which may redirect to Stripe Checkout and the billing
+        // portal; browsers apply form-action to that redirect too.
         set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+             form-action 'self' https://checkout.stripe.com https://billing.stripe.com; \
+             frame-ancestors 'none'",
+        ),
+        set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        set(header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
+        set(header::X_FRAME_OPTIONS, "DENY"),
+        set(
+            header::HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        set(
+            header::HeaderName::from_static("permissions-policy"),
+            "camera=(), microphone=(), geolocation=(), payment=()",
+        ),
+        SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
-            "max-age=63072000; includeSubDomains",
-        );
-    }
-    headers
+            https.then(|| HeaderValue::from_static("max-age=63072000; includeSubDomains")),
+        ),
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::{Router, body::Body, http::StatusCode, routing::get};
+    use axum::{Router, body::Body, http::StatusCode, response::Response, routing::get};
     use tower::ServiceExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -295,18 +234,17 @@ mod tests {
                 .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
             response
         }
-        let mut security_headers = HeaderMap::new();
-        security_headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        security_headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
         Router::new()
             .route("/items/{id}", get(item))
             .route("/framed", get(own_frame_options))
             .route("/health", get(|| async { "ok" }))
             .fallback(|| async { StatusCode::NOT_FOUND })
-            .layer(ObserveLayer::new(security_headers))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(request_ids())
+                    .layer(trace())
+                    .layer(security_headers(false)),
+            )
     }
 
     async fn fetch(path: &str, request_id: Option<&str>) -> Response {
@@ -320,14 +258,7 @@ mod tests {
     #[tokio::test]
     async fn each_request_is_logged_once_by_route_template_with_its_request_id_and_never_its_query() {
         let captured = Captured::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_writer(captured.clone()),
-        );
+        let subscriber = tracing_subscriber::registry().with(crate::telemetry::json_lines(captured.clone()));
         let _default = tracing::subscriber::set_default(subscriber);
 
         let found = fetch("/items/42?token=s3cret", Some("nginx-7.a_b")).await;

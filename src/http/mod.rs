@@ -24,9 +24,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::{
     Router,
-    extract::Request,
     http::{HeaderName, StatusCode},
-    middleware::{from_extractor_with_state, from_fn},
+    middleware::{from_extractor_with_state, from_fn, from_fn_with_state},
     response::Html,
     routing::{MethodRouter, get, post},
 };
@@ -150,17 +149,15 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             user_only(form(post(account::resend_verification))),
         );
 
-    // What every response goes through: the request id, access log, metrics and security
-    // headers; compression; error pages; panics as 500; the request timeout.
+    // What every response goes through, outermost first: the request id, the request span
+    // with its access-log line and metrics, the security headers; compression; error pages;
+    // panics as 500; the request timeout.
     let stack = ServiceBuilder::new()
-        .layer(middleware::ObserveLayer::new(middleware::security_headers(
-            config,
-        )))
+        .layer(middleware::request_ids())
+        .layer(middleware::trace())
+        .layer(middleware::security_headers(config.is_https()))
         .layer(CompressionLayer::new())
-        .layer(middleware::around(
-            |request: &mut Request| errors::wants_json(request),
-            errors::render_errors,
-        ))
+        .layer(from_fn(errors::error_pages))
         .layer(CatchPanicLayer::custom(errors::panic_response))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -168,10 +165,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         ));
 
     // Pages and forms: also rate limited per client, a CSRF context on every request, small
-    // bodies. The stack is applied to each part of the route map as one layer: axum boxes the
-    // service of every `layer` call around each route and, for every request, clones the
-    // route's boxes, each clone also cloning the boxes inside it (callgrind on `/`: 15 boxed
-    // clones per request with the layers applied one by one, docs/PERFORMANCE.md).
+    // bodies. One `layer` call per part of the route map: axum boxes and clones, per request,
+    // what each call wraps around a route (docs/PERFORMANCE.md).
     let site = Router::new()
         .merge(public)
         .merge(auth_forms)
@@ -183,7 +178,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             stack
                 .clone()
                 .layer(rate_limit)
-                .layer(csrf::context(&state))
+                .layer(from_fn_with_state(state.clone(), csrf::context))
                 .layer(RequestBodyLimitLayer::new(FORM_BODY_LIMIT)),
         );
 

@@ -5,7 +5,7 @@
 //! stranger, as an anonymous browser and signed in, with a valid CSRF token when it has one so
 //! that the input reaches the handlers. Zero 5xx, no file served, and the server stays up.
 //!
-//! The junk is deterministic (a seeded xorshift): a failure names the request, and the same
+//! The junk is deterministic (a seeded `StdRng`): a failure names the request, and the same
 //! run reproduces it.
 
 use std::{
@@ -15,6 +15,7 @@ use std::{
 };
 
 use hmac::{KeyInit as _, Mac as _};
+use rand::{RngExt as _, SeedableRng as _, rngs::StdRng};
 use reqwest::{
     Method, StatusCode,
     header::{self, HeaderMap, HeaderName, HeaderValue},
@@ -70,21 +71,16 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
 /// The query parameters any GET handler reads.
 const QUERY_KEYS: &[&str] = &["next", "notice", "token", "checkout", "plan"];
 
-/// Deterministic junk: xorshift64*.
-struct Rng(u64);
+/// Deterministic junk.
+struct Rng(StdRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    fn seeded(seed: u64) -> Self {
+        Self(StdRng::seed_from_u64(seed))
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.random_range(0..n)
     }
 
     /// 1 to `max` random bytes.
@@ -94,14 +90,16 @@ impl Rng {
     }
 
     fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
+        let mut bytes = vec![0; len];
+        self.0.fill(&mut bytes[..]);
+        bytes
     }
 
     /// Junk a header value may carry: visible ASCII, space, tab and obs-text (0x80–0xFF).
     fn header_bytes(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
-            let b = self.next().to_le_bytes()[0];
+            let b: u8 = self.0.random();
             if b == b'\t' || (b >= 0x20 && b != 0x7f) {
                 out.push(b);
             }
@@ -1160,7 +1158,7 @@ async fn a_malformed_request_sweep_over_every_route_gets_no_5xx_and_the_server_s
         .unwrap_or_else(|| panic!("no stylesheet in the landing page:\n{landing}"))
         .to_owned();
     let mut sweep = Sweep::new(&app);
-    let mut rng = Rng(0x5EED_CAFE_F00D_D00D);
+    let mut rng = Rng::seeded(0x5EED_CAFE_F00D_D00D);
 
     let gets: Vec<&str> = GET_ROUTES.iter().copied().chain([asset.as_str()]).collect();
     for who in [&senders.anonymous, &senders.signed_in] {
