@@ -34,7 +34,9 @@ use tracing_subscriber::{
 
 use crate::config::LogFormat;
 
-const DEFAULT_FILTER: &str = "info,tower_http=warn,sqlx=warn";
+/// async-stripe (`stripe`) warns on every failed attempt; keel's own retry loop logs each
+/// Stripe failure once, with the operation and what happens next.
+const DEFAULT_FILTER: &str = "info,tower_http=warn,sqlx=warn,stripe=error";
 
 /// Lines waiting for stdout before logging waits (~0.4 s of a busy server's access log).
 const QUEUED_LINES: usize = 16 * 1024;
