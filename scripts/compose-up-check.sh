@@ -87,7 +87,9 @@ if [ "$self_test" = true ]; then
       outcome=1
     else
       pass "--break $kind: the check failed"
-      grep -E '^(FAIL|error:)' "$out" | head -n 5 | sed 's/^/      /'
+      # What failed, with the check's own explanation (its indented lines).
+      awk '/^FAIL|^error:/ {show = 1; print; next} show && /^      / {print; next} {show = 0}' "$out" |
+        head -n 12 | sed 's/^/      /'
     fi
     rm -f "$out"
   done
