@@ -97,6 +97,15 @@ if [ "$self_test" = true ]; then
   exit $outcome
 fi
 
+# One run at a time on a machine: runs share the project name, its fixed subnet, the image tags
+# and a dockerd one of them may have started (and stops at its end).
+lock="${TMPDIR:-/tmp}/keel-compose-up-check.lock"
+exec 9>>"$lock"
+if ! flock -n 9; then
+  log "waiting for another compose-up-check on this machine ($lock)"
+  flock 9
+fi
+
 # ---- a Docker engine ---------------------------------------------------------------------------
 step "Docker engine"
 # Debian's client matches Debian's engine; any client works with any engine of API >= 1.41.
@@ -116,7 +125,7 @@ if ! engine_up; then
   [ "$(id -u)" = 0 ] || skip "no Docker engine running and not root to start dockerd"
   [ -n "$docker" ] || docker=docker
   log "starting dockerd (vfs storage, no iptables)"
-  dockerd --storage-driver=vfs --iptables=false >"$dockerd_log" 2>&1 &
+  dockerd --storage-driver=vfs --iptables=false >"$dockerd_log" 2>&1 9>&- &
   dockerd_pid=$!
   for _ in $(seq 1 60); do
     if engine_up; then break; fi
@@ -150,6 +159,17 @@ project=keelcheck
 work=$(mktemp -d)
 dir="$work/project"
 loop_pid=""
+# purge_project: every container, volume and network of the project, by compose's labels
+# (whatever state an interrupted run left them in).
+purge_project() {
+  local kind filter="label=com.docker.compose.project=$project"
+  mapfile -t ids < <("$docker" ps -aq --filter "$filter")
+  if [ ${#ids[@]} -gt 0 ]; then "$docker" rm -f -v "${ids[@]}" >/dev/null 2>&1 || true; fi
+  for kind in volume network; do
+    mapfile -t ids < <("$docker" "$kind" ls -q --filter "$filter")
+    if [ ${#ids[@]} -gt 0 ]; then "$docker" "$kind" rm "${ids[@]}" >/dev/null 2>&1 || true; fi
+  done
+}
 cleanup() {
   local rc=$?
   if [ -n "$loop_pid" ]; then kill "$loop_pid" 2>/dev/null || true; fi
@@ -159,6 +179,7 @@ cleanup() {
     if [ -f "$dir/docker-compose.prod.yml" ]; then
       (cd "$dir" && "${compose[@]}" down -v --remove-orphans -t 5 >/dev/null 2>&1) || true
     fi
+    purge_project
     "$docker" rmi keel:ci-a keel:ci-b keel:latest keel:previous >/dev/null 2>&1 || true
     rm -rf "$work"
   fi
@@ -278,7 +299,7 @@ if [ -n "$break_kind" ]; then
 fi
 
 # A project left by an interrupted run goes first (same fixed subnet).
-"${compose[@]}" -f "$dir/docker-compose.prod.yml" --project-directory "$dir" down -v --remove-orphans -t 1 >/dev/null 2>&1 || true
+purge_project
 "$docker" tag keel:ci-a keel:latest
 
 # ---- up ----------------------------------------------------------------------------------------
@@ -480,10 +501,12 @@ restarted_dashboard() {
 check "the same session cookie: /dashboard 200" restarted_dashboard
 
 # ---- deploy and roll back (RUNBOOK.md) ---------------------------------------------------------
-# request_loop FILE: GET /health/live through nginx until FILE.stop exists, one status a line.
+# request_loop FILE: GET /health/live through nginx until FILE.stop exists, one "status
+# seconds" a line.
 request_loop() {
   while [ ! -e "$1.stop" ]; do
-    tls -o /dev/null -w '%{http_code}\n' --max-time 10 "$base/health/live" >>"$1" || echo "curl-failed" >>"$1"
+    tls -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 10 "$base/health/live" >>"$1" ||
+      echo "curl-failed 10" >>"$1"
     sleep 0.05
   done
 }
@@ -503,8 +526,9 @@ deploy() {
   loop_pid=""
   local total bad
   total=$(wc -l <"$loop")
-  bad=$(grep -cv '^200$' "$loop" || true)
-  echo "request loop: $total requests, $bad failed ($(sort "$loop" | uniq -c | tr -s ' ' | tr '\n' ';'))"
+  bad=$(grep -cv '^200 ' "$loop" || true)
+  echo "request loop: $total requests, $bad failed ($(cut -d' ' -f1 "$loop" | sort | uniq -c | tr -s ' ' | tr '\n' ';')" \
+    "slowest $(cut -d' ' -f2 "$loop" | sort -n | tail -n 1) s)"
   [ "$rc" = 0 ] || { sed 's/^/  /' "$work/deploy.log"; echo "scripts/deploy.sh $image failed"; return 1; }
   [ "$(running_image)" = "$want" ] || { echo "the app runs $(running_image), not $want"; return 1; }
   [ "$(dc ps -q app | wc -l)" = 1 ] || { echo "more than one app container left"; return 1; }

@@ -13,8 +13,8 @@
 #    it applies pending migrations first). If not, it is removed, keel:latest goes back to the
 #    old image and the script fails: the old container never stopped serving.
 # 3. nginx reloads (it resolves `app` again: both containers), the old container stops (keel
-#    drains in-flight requests for up to 20 s; nginx retries connection errors on the new one)
-#    and is removed, and nginx reloads again (the new one only).
+#    drains in-flight requests for up to 20 s; nginx retries connection errors on the new one),
+#    nginx reloads again (the new one only) and the old container is removed.
 # Without a running app (first start), it is `up -d --no-build` of the whole stack.
 #
 # COMPOSE (default: `docker compose` when present, else `docker-compose`), COMPOSE_FILE_NAME
@@ -82,10 +82,15 @@ if [ "$health" != healthy ]; then
 fi
 log "new container healthy after $((SECONDS - started)) s"
 
-"${compose[@]}" exec -T nginx nginx -s reload
+# `docker exec`, not `compose exec`: the second reload must follow the stop at once (nginx
+# may hold the stopped container's address until then: a request sent there waits for
+# proxy_connect_timeout before it is retried on the new one).
+nginx=$("${compose[@]}" ps -q nginx)
+[ -n "$nginx" ] || die "nginx is not running"
+"$docker" exec "$nginx" nginx -s reload
 # Docker's stop timeout: keel's 20 s drain plus margin (the compose file's stop_grace_period).
 "$docker" stop --time 30 "${old[0]}" >/dev/null
+"$docker" exec "$nginx" nginx -s reload
 "$docker" rm "${old[0]}" >/dev/null
-"${compose[@]}" exec -T nginx nginx -s reload
 "$docker" tag "$old_image" keel:previous
 log "$image serving; the old container is gone ($((SECONDS - started)) s). Roll back: $0 keel:previous"
