@@ -99,11 +99,17 @@ fi
 
 # One run at a time on a machine: runs share the project name, its fixed subnet, the image tags
 # and a dockerd one of them may have started (and stops at its end).
+# The lock file is writable by all: root and docker-group users share the engine.
 lock="${TMPDIR:-/tmp}/keel-compose-up-check.lock"
-exec 9>>"$lock"
-if ! flock -n 9; then
-  log "waiting for another compose-up-check on this machine ($lock)"
-  flock 9
+if { [ ! -e "$lock" ] && touch "$lock" && chmod 666 "$lock"; } 2>/dev/null || [ -w "$lock" ]; then
+  exec 9>>"$lock"
+  chmod 666 "$lock" 2>/dev/null || true
+  if ! flock -n 9; then
+    log "waiting for another compose-up-check on this machine ($lock)"
+    flock 9
+  fi
+else
+  log "warning: $lock is not writable: no guard against a concurrent run"
 fi
 
 # ---- a Docker engine ---------------------------------------------------------------------------
