@@ -23,6 +23,8 @@
 # - `down` (no -v) keeps the volumes: up again, the user logs in; the RUNBOOK's backup and
 #   restore drill commands against the compose PostgreSQL; `down -v` at the end.
 # Prints PASS/FAIL per check and the time of each step; exits 1 if any failed.
+# Not for a production server: it runs the project `keelcheck` on the fixed subnet of the
+# compose file and tags (then deletes) keel:latest and keel:previous on the engine.
 # KEEL_BINARY=PATH takes that binary instead of building one.
 # --break KIND applies a deliberate break to the copy (healthcheck: postgres's healthcheck
 # probes a wrong port; upstream: nginx proxies to a service that does not exist; env: the app
