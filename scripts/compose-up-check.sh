@@ -291,11 +291,12 @@ case $break_kind in
   deploy)
     cat >"$dir/scripts/deploy.sh" <<'NAIVE'
 #!/usr/bin/env bash
-# The naive deploy: compose stops the old container, then starts the new one.
+# The naive deploy (the RUNBOOK's before): compose stops the old app container, then starts
+# the new one.
 set -euo pipefail
 read -r -a compose <<<"$COMPOSE"
 "${DOCKER:-docker}" tag "$1" keel:latest
-"${compose[@]}" -f docker-compose.prod.yml --env-file .env.prod -p "$COMPOSE_PROJECT" up -d --no-deps --no-build app
+"${compose[@]}" -f docker-compose.prod.yml --env-file .env.prod -p "$COMPOSE_PROJECT" up -d --no-build
 NAIVE
     ;;
 esac
@@ -308,10 +309,9 @@ fi
 
 # A project left by an interrupted run goes first (same fixed subnet).
 purge_project
-"$docker" tag keel:ci-a keel:latest
 
 # ---- up ----------------------------------------------------------------------------------------
-step "up -d (first start: initdb, migrations)"
+step "first start: scripts/deploy.sh keel:ci-a (up -d; initdb, migrations)"
 # status_all: "service state health" per container of the project.
 status_all() {
   local id
@@ -345,7 +345,9 @@ crash_looping() {
   done
   return 1
 }
-(cd "$dir" && exec "${compose[@]}" up -d --no-build) >"$work/up.log" 2>&1 &
+# The RUNBOOK's first start: scripts/deploy.sh with nothing running is `up -d --no-build`.
+(cd "$dir" && DOCKER="$docker" COMPOSE="${compose_cmd[*]}" COMPOSE_PROJECT=$project \
+  exec bash scripts/deploy.sh keel:ci-a) >"$work/up.log" 2>&1 &
 up_pid=$!
 up_ok=true
 for _ in $(seq 1 300); do
@@ -398,7 +400,12 @@ health_passes() {
   body=${body%$'\n'*}
   python3 - "$code" "$body" <<'PY'
 import json, sys
-code, body = sys.argv[1], json.loads(sys.argv[2])
+code = sys.argv[1]
+try:
+    body = json.loads(sys.argv[2])
+except ValueError:
+    print(f"{code}, not JSON: {sys.argv[2][:120]!r}")
+    sys.exit(1)
 checks = {name: [c.get("status") for c in entries] for name, entries in body.get("checks", {}).items()}
 print(f"{code} status={body.get('status')} checks={checks}")
 ok = code == "200" and body.get("status") == "pass"
