@@ -116,7 +116,7 @@ sed -e '/^user /d' \
   -e "s|/var/log/nginx/|$work/logs/|g" \
   -e "s|/etc/nginx/certs/|$work/certs/|g" \
   -e "s|root /var/www/acme;|root $work/acme;|" \
-  -e "s|server app:8080;|server 127.0.0.1:$app_port;|" \
+  -e "s|set \$keel_app http://app:8080;|set \$keel_app http://127.0.0.1:$app_port;|" \
   -e "s|listen 80 |listen 127.0.0.1:$http_port |" \
   -e "s|listen 443 ssl|listen 127.0.0.1:$https_port ssl|" \
   -e "s|^http {|http {\n    client_body_temp_path $work/body;\n    proxy_temp_path $work/proxy;\n    fastcgi_temp_path $work/fastcgi;\n    uwsgi_temp_path $work/uwsgi;\n    scgi_temp_path $work/scgi;|" \

@@ -12,7 +12,14 @@ export SQLX_OFFLINE=true
 
 copy=$(mktemp -d)
 trap 'rm -rf "$copy"' EXIT
-git ls-files -z --cached --others --exclude-standard |
+# The tree's files: git's list in a checkout; in .ci/run's copy (no .git, only the tracked and
+# untracked files already) every file but build output, as scripts/rename.sh does.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  list_files() { git ls-files -z --cached --others --exclude-standard; }
+else
+  list_files() { find . -path ./target -prune -o -path '*/node_modules' -prune -o -type f -printf '%P\0'; }
+fi
+list_files |
   while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
   tar --null -T - -cf - | tar -xf - -C "$copy"
 cd "$copy"
