@@ -1,7 +1,7 @@
 //! The application assembled in one place. `main` and the integration tests both call
 //! [`App::build`], so what the tests exercise is what production runs.
 
-use std::{future::IntoFuture as _, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -138,15 +138,12 @@ impl App {
             .worker
             .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
 
-        let server = axum::serve(
-            self.listener,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let max_connections = self.state.config.max_connections as usize;
+        let server = http::serve::serve(self.listener, self.router, max_connections, shutdown.clone());
         tracing::info!(%addr, "listening on http://{addr}");
 
         let drained = async {
-            server.into_future().await.context("serving HTTP")?;
+            server.await;
             if let Some(worker) = worker {
                 worker.await.context("the job worker panicked")??;
             }

@@ -19,6 +19,7 @@ pub mod defaults {
     pub const BASE_URL: &str = "http://localhost:3000";
     pub const DATABASE_URL: &str = "postgres://postgres:postgres@localhost:5432/keel_dev";
     pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
+    pub const MAX_CONNECTIONS: u32 = 4096;
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
     pub const STRIPE_API_BASE: &str = "https://api.stripe.com";
     pub const EMAIL_FROM: &str = concat!(env!("CARGO_PKG_NAME"), " <noreply@localhost>");
@@ -109,6 +110,8 @@ pub struct Config {
     pub base_url: Url,
     pub database_url: SecretString,
     pub database_max_connections: u32,
+    /// HTTP connections served at once; more wait in the accept queue.
+    pub max_connections: u32,
     pub redis_url: SecretString,
     /// Prepended to every Redis key: lets several apps (or parallel tests) share one Redis.
     pub redis_key_prefix: String,
@@ -199,6 +202,7 @@ impl Config {
         );
         let database_max_connections =
             r.positive("DATABASE_MAX_CONNECTIONS", defaults::DATABASE_MAX_CONNECTIONS);
+        let max_connections = r.positive("MAX_CONNECTIONS", defaults::MAX_CONNECTIONS);
         let redis_url = r.secret_url("REDIS_URL", defaults::REDIS_URL, &["redis", "rediss"]);
         let secret_key = r.secret_key();
         let stripe = StripeConfig {
@@ -236,6 +240,7 @@ impl Config {
             base_url,
             database_url,
             database_max_connections,
+            max_connections,
             redis_url,
             redis_key_prefix: "keel:".to_owned(),
             secret_key,

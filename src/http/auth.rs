@@ -22,7 +22,7 @@ use super::{
     forms::{FormErrors, render_rejected, render_with_status},
     pages::Layout,
     render,
-    session::{MaybeUser, safe_next, session_token},
+    session::{MaybeUser, cookie_value, safe_next, session_token},
 };
 use crate::{
     accounts::{EmailTaken, LinkProblem, Login, SecretToken},
@@ -264,16 +264,52 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result
 }
 
 // ---- emailed links ----
+//
+// An emailed link's token leaves the URL at once (SPEC): the first `GET /path?token=…` puts
+// the token in a short-lived HttpOnly cookie and answers 303 to `/path`, so the token reaches
+// no access log, Referer or browser history. The page and its form read the cookie. The
+// routes also send `Referrer-Policy: no-referrer` (see `http/mod.rs`).
 
 #[derive(Deserialize)]
 pub struct TokenQuery {
     token: Option<String>,
 }
 
-impl TokenQuery {
-    fn token(&self) -> Option<SecretToken> {
-        self.token.as_deref().and_then(SecretToken::parse)
-    }
+/// How long a link's token waits in its cookie for the page to be used.
+const LINK_COOKIE_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// The 303 that takes the token out of the URL, when there is one in it. A token that is not
+/// even well formed clears the cookie, so the page says the link is not valid rather than
+/// using an older link's token.
+fn token_out_of_url(
+    state: &AppState,
+    path: &str,
+    cookie: &'static str,
+    query: &TokenQuery,
+) -> Option<Response> {
+    let token = query.token.as_deref()?;
+    let value = SecretToken::parse(token).map(|token| {
+        state
+            .cookies
+            .set_cookie(cookie, token.as_str(), Some(LINK_COOKIE_LIFETIME))
+    });
+    Some(redirect_with_cookie(
+        path,
+        value.unwrap_or_else(|| state.cookies.set_cookie(cookie, "", None)),
+    ))
+}
+
+/// The token the link's cookie holds.
+fn link_token(headers: &HeaderMap, cookie: &str) -> Option<SecretToken> {
+    cookie_value(headers, cookie).and_then(SecretToken::parse)
+}
+
+/// `response` with the link's cookie removed: the token has been used.
+fn forget_link(state: &AppState, cookie: &'static str, mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, state.cookies.set_cookie(cookie, "", None));
+    response
 }
 
 #[derive(Template)]
@@ -328,19 +364,29 @@ struct EmailVerifiedPage {
 pub async fn verify_email(
     State(state): State<AppState>,
     layout: Layout,
+    headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response> {
-    match state.accounts.verify_email(query.token().as_ref()).await? {
+    let cookie = state.cookies.verify_link;
+    if let Some(redirect) = token_out_of_url(&state, "/verify-email", cookie, &query) {
+        return Ok(redirect);
+    }
+    let page = match state
+        .accounts
+        .verify_email(link_token(&headers, cookie).as_ref())
+        .await?
+    {
         Ok(()) => {
             // The layout was read before the update: show the user as verified now.
             let mut layout = layout;
             if let Some(user) = &mut layout.user {
                 user.email_verified = true;
             }
-            Ok(render(&EmailVerifiedPage { layout })?.into_response())
+            render(&EmailVerifiedPage { layout })?.into_response()
         }
-        Err(problem) => link_problem(layout, problem, "verify"),
-    }
+        Err(problem) => link_problem(layout, problem, "verify")?,
+    };
+    Ok(forget_link(&state, cookie, page))
 }
 
 // ---- forgot and reset ----
@@ -405,8 +451,6 @@ pub async fn forgot_password(
 struct ResetPasswordPage {
     layout: Layout,
     csrf_token: String,
-    /// Where the form posts: this page's own URL, token included.
-    action: String,
     email: String,
     errors: FormErrors,
 }
@@ -417,27 +461,31 @@ pub struct PasswordForm {
     password: String,
 }
 
-fn reset_action(token: &SecretToken) -> String {
-    format!("/reset-password?token={}", token.as_str())
-}
-
 pub async fn reset_password_form(
     State(state): State<AppState>,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
+    headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Result<Response> {
-    let token = query.token();
+    let cookie = state.cookies.reset_link;
+    if let Some(redirect) = token_out_of_url(&state, "/reset-password", cookie, &query) {
+        return Ok(redirect);
+    }
+    let token = link_token(&headers, cookie);
     match state.accounts.reset_link_owner(token.as_ref()).await? {
         Ok(email) => Ok(render(&ResetPasswordPage {
             layout,
             csrf_token,
-            action: token.as_ref().map(reset_action).unwrap_or_default(),
             email,
             errors: FormErrors::new(),
         })?
         .into_response()),
-        Err(problem) => link_problem(layout, problem, "reset"),
+        Err(problem) => Ok(forget_link(
+            &state,
+            cookie,
+            link_problem(layout, problem, "reset")?,
+        )),
     }
 }
 
@@ -445,13 +493,20 @@ pub async fn reset_password(
     State(state): State<AppState>,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
-    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
     Form(form): Form<PasswordForm>,
 ) -> Result<Response> {
-    let token = query.token();
+    let cookie = state.cookies.reset_link;
+    let token = link_token(&headers, cookie);
     let email = match state.accounts.reset_link_owner(token.as_ref()).await? {
         Ok(email) => email,
-        Err(problem) => return link_problem(layout, problem, "reset"),
+        Err(problem) => {
+            return Ok(forget_link(
+                &state,
+                cookie,
+                link_problem(layout, problem, "reset")?,
+            ));
+        }
     };
     let password = match NewPassword::parse(form.password, &email) {
         Ok(password) => password,
@@ -459,20 +514,20 @@ pub async fn reset_password(
             return render_rejected(&ResetPasswordPage {
                 layout,
                 csrf_token,
-                action: token.as_ref().map(reset_action).unwrap_or_default(),
                 email,
                 errors: FormErrors::new().with("password", problem.to_string()),
             });
         }
     };
-    match state.accounts.reset_password(token.as_ref(), &password).await? {
+    let page = match state.accounts.reset_password(token.as_ref(), &password).await? {
         // Every session of the user ended, this browser's too.
-        Ok(()) => Ok(redirect_with_cookie(
+        Ok(()) => redirect_with_cookie(
             "/login?notice=password-reset",
             state.cookies.remove_session_cookie(),
-        )),
-        Err(problem) => link_problem(layout, problem, "reset"),
-    }
+        ),
+        Err(problem) => link_problem(layout, problem, "reset")?,
+    };
+    Ok(forget_link(&state, cookie, page))
 }
 
 #[cfg(test)]

@@ -163,10 +163,13 @@ type SetHeader = SetResponseHeaderLayer<Option<HeaderValue>>;
 
 /// The headers every response carries (SPEC.md), unless the handler set its own. HSTS only
 /// when the site is https: sent over plain http it would be ignored, and on localhost it would
-/// break development.
+/// break development. `Cache-Control: no-store` unless the handler says otherwise (the
+/// fingerprinted assets do): pages carry a user's data, CSRF tokens or an emailed link's
+/// token, and no browser or shared cache may keep them.
 pub fn security_headers(
     https: bool,
 ) -> (
+    SetHeader,
     SetHeader,
     SetHeader,
     SetHeader,
@@ -189,6 +192,7 @@ pub fn security_headers(
              frame-ancestors 'none'",
         ),
         set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        set(header::CACHE_CONTROL, "no-store"),
         set(header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
         set(header::X_FRAME_OPTIONS, "DENY"),
         set(

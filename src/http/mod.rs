@@ -16,6 +16,7 @@ mod metrics;
 mod middleware;
 mod pages;
 pub mod rate_limit;
+pub mod serve;
 pub mod session;
 mod webhooks;
 
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use askama::Template;
 use axum::{
     Router,
-    http::{HeaderName, StatusCode},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     middleware::{from_extractor_with_state, from_fn, from_fn_with_state},
     response::Html,
     routing::{MethodRouter, get, post},
@@ -33,7 +34,7 @@ use sqlx::PgPool;
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer, compression::CompressionLayer, limit::RequestBodyLimitLayer,
-    timeout::TimeoutLayer,
+    set_header::SetResponseHeaderLayer, timeout::TimeoutLayer,
 };
 
 pub use self::billing::{PaidFeature, RequireEntitlement, RequirePlan};
@@ -108,7 +109,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/", get(pages::landing))
         .route("/pricing", get(pages::pricing))
         .route("/logout", form(post(auth::logout)))
-        .route("/verify-email", get(auth::verify_email));
+        .route("/verify-email", get(auth::verify_email).layer(no_referrer()));
 
     // The account forms: their POSTs are also under the stricter auth limit.
     let auth_forms = Router::new()
@@ -120,7 +121,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         )
         .route(
             "/reset-password",
-            form(get(auth::reset_password_form).post(auth::reset_password)),
+            form(get(auth::reset_password_form).post(auth::reset_password)).layer(no_referrer()),
         )
         .route_layer(auth_rate_limit.clone());
 
@@ -189,6 +190,12 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .merge(site)
         .with_state(state);
     Ok((router, vec![site_limiter, auth_limiter]))
+}
+
+/// For the pages of emailed links: whatever the browser still has of the link leaves with no
+/// request (SPEC: tokens reach no Referer).
+fn no_referrer() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"))
 }
 
 /// Renders an askama template into an HTML response.

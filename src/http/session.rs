@@ -27,6 +27,9 @@ use crate::{
 pub struct CookieNames {
     pub session: &'static str,
     pub csrf: &'static str,
+    /// An emailed link's token, between its first `GET` and the page (see `http::auth`).
+    pub verify_link: &'static str,
+    pub reset_link: &'static str,
     pub secure: bool,
 }
 
@@ -36,12 +39,16 @@ impl CookieNames {
             Self {
                 session: "__Host-keel_session",
                 csrf: "__Host-keel_csrf",
+                verify_link: "__Host-keel_verify",
+                reset_link: "__Host-keel_reset",
                 secure,
             }
         } else {
             Self {
                 session: "keel_session",
                 csrf: "keel_csrf",
+                verify_link: "keel_verify",
+                reset_link: "keel_reset",
                 secure,
             }
         }

@@ -104,7 +104,7 @@ async fn sign_up_verify_log_out_log_in_and_see_the_dashboard() {
         "/verify-email?token=",
     )
     .await;
-    let verified = browser.get(&link).await;
+    let verified = browser.open_link(&link).await;
     assert_eq!(verified.status, StatusCode::OK, "{}", verified.body);
     assert!(verified.body.contains("Your email is confirmed"));
     assert!(
@@ -406,8 +406,8 @@ async fn a_verification_link_works_once_and_not_after_it_expires() {
     )
     .await;
 
-    assert_eq!(browser.get(&link).await.status, StatusCode::OK);
-    let again = browser.get(&link).await;
+    assert_eq!(browser.open_link(&link).await.status, StatusCode::OK);
+    let again = browser.open_link(&link).await;
     assert_eq!(again.status, StatusCode::GONE);
     assert!(again.body.contains("already used"), "{}", again.body);
 
@@ -445,17 +445,17 @@ async fn a_verification_link_works_once_and_not_after_it_expires() {
         .execute(&mut db)
         .await
         .unwrap();
-    let expired = browser.get(&second).await;
+    let expired = browser.open_link(&second).await;
     assert_eq!(expired.status, StatusCode::GONE);
     assert!(expired.body.contains("expired"), "{}", expired.body);
 
+    assert_eq!(browser.get("/verify-email").await.status, StatusCode::BAD_REQUEST);
     for junk in [
-        "/verify-email",
         "/verify-email?token=",
         "/verify-email?token=abc",
         "/verify-email?token=%ZZ",
     ] {
-        let page = browser.get(junk).await;
+        let page = browser.open_link(junk).await;
         assert_eq!(page.status, StatusCode::BAD_REQUEST, "{junk}");
     }
     // Resending right after a send does not send again.
@@ -495,11 +495,11 @@ async fn a_password_reset_ends_every_session_and_its_link_works_once() {
     )
     .await;
 
-    let form = browser.get(&link).await;
+    let form = browser.open_link(&link).await;
     assert_eq!(form.status, StatusCode::OK, "{}", form.body);
     let weak = browser
         .post(
-            &link,
+            "/reset-password",
             &[
                 ("password", "ivan@example.com"),
                 ("csrf_token", &form.csrf_token()),
@@ -512,7 +512,7 @@ async fn a_password_reset_ends_every_session_and_its_link_works_once() {
     let new_password = "a brand new secret";
     let reset = browser
         .post(
-            &link,
+            "/reset-password",
             &[("password", new_password), ("csrf_token", &form.csrf_token())],
         )
         .await;
@@ -529,7 +529,7 @@ async fn a_password_reset_ends_every_session_and_its_link_works_once() {
         StatusCode::SEE_OTHER,
         "phone signed out"
     );
-    let reused = browser.get(&link).await;
+    let reused = browser.open_link(&link).await;
     assert_eq!(reused.status, StatusCode::GONE);
 
     let mut fresh = Visitor::new(&app);
@@ -565,7 +565,7 @@ async fn an_expired_reset_link_is_refused() {
         "/reset-password?token=",
     )
     .await;
-    let form = browser.get(&link).await;
+    let form = browser.open_link(&link).await;
     let mut db = app.database.connect().await;
     sqlx::query(
         "UPDATE auth_tokens SET expires_at = now() - interval '1 second' WHERE purpose = 'reset_password'",
@@ -575,7 +575,7 @@ async fn an_expired_reset_link_is_refused() {
     .unwrap();
     let page = browser
         .post(
-            &link,
+            "/reset-password",
             &[
                 ("password", "another fine secret"),
                 ("csrf_token", &form.csrf_token()),
@@ -584,9 +584,9 @@ async fn an_expired_reset_link_is_refused() {
         .await;
     assert_eq!(page.status, StatusCode::GONE);
     assert!(page.body.contains("expired"));
-    assert_eq!(browser.get(&link).await.status, StatusCode::GONE);
+    assert_eq!(browser.open_link(&link).await.status, StatusCode::GONE);
     assert_eq!(
-        browser.get("/reset-password?token=nope").await.status,
+        browser.open_link("/reset-password?token=nope").await.status,
         StatusCode::BAD_REQUEST
     );
 }
@@ -1108,7 +1108,7 @@ async fn a_sent_email_leaves_no_usable_link_in_the_database() {
             .unwrap();
     assert_eq!(holding, 0);
     // And the link still works: the database kept only its hash.
-    assert_eq!(Visitor::new(&app).get(&link).await.status, StatusCode::OK);
+    assert_eq!(Visitor::new(&app).open_link(&link).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -1145,4 +1145,76 @@ async fn parallel_guesses_cannot_slip_past_the_account_lock() {
         .count();
     assert_eq!(checked + locked, 12, "{statuses:?}");
     assert!(checked <= 6, "{checked} passwords were checked: {statuses:?}");
+}
+
+/// `name`'s `Set-Cookie` line in `page`.
+fn set_cookie<'p>(page: &'p Page, name: &str) -> &'p str {
+    page.headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .find(|line| line.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", page.headers))
+}
+
+#[tokio::test]
+async fn an_emailed_token_leaves_the_url_at_once_and_its_pages_are_neither_cached_nor_referred() {
+    let (app, smtp) = app_with_smtp().await;
+    let mut browser = Visitor::new(&app);
+    sign_up(&mut browser, "uma@example.com").await;
+    browser
+        .submit(
+            "/forgot-password",
+            "/forgot-password",
+            &[("email", "uma@example.com")],
+        )
+        .await;
+    for (subject, path, cookie) in [
+        ("Reset your password", "/reset-password", "keel_reset"),
+        ("Confirm your email", "/verify-email", "keel_verify"),
+    ] {
+        let link = emailed_link(&smtp, "uma@example.com", subject, &format!("{path}?token=")).await;
+        let token = link.rsplit('=').next().unwrap();
+
+        // The first GET: straight to the same path without the query, the token in a cookie.
+        let first = browser.get(&link).await;
+        assert_eq!(first.status, StatusCode::SEE_OTHER, "{link}");
+        assert_eq!(first.location(), path);
+        let line = set_cookie(&first, cookie);
+        assert!(line.starts_with(&format!("{cookie}={token};")), "{line}");
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=1800"] {
+            assert!(line.contains(attribute), "{attribute} missing: {line}");
+        }
+
+        // The page: no token in it, nothing for a Referer or a cache to keep.
+        let page = browser.get(path).await;
+        assert!(page.status.is_success(), "{path}: {} {}", page.status, page.body);
+        assert!(!page.body.contains(token), "{}", page.body);
+        for response in [&first, &page] {
+            assert_eq!(response.headers[header::REFERRER_POLICY], "no-referrer", "{path}");
+            assert_eq!(response.headers[header::CACHE_CONTROL], "no-store", "{path}");
+        }
+        // The token works only with the cookie of the browser that opened the link.
+        assert_eq!(
+            Visitor::new(&app).get(path).await.status,
+            StatusCode::BAD_REQUEST,
+            "{path} without the cookie"
+        );
+    }
+
+    // The reset form posts to the bare path; the token comes from the cookie, which goes.
+    let form = browser.get("/reset-password").await;
+    assert!(form.body.contains(r#"action="/reset-password""#), "{}", form.body);
+    let reset = browser
+        .post(
+            "/reset-password",
+            &[
+                ("password", "a brand new secret"),
+                ("csrf_token", &form.csrf_token()),
+            ],
+        )
+        .await;
+    assert_eq!(reset.location(), "/login?notice=password-reset", "{}", reset.body);
+    assert!(set_cookie(&reset, "keel_reset").contains("Max-Age=0"));
+    assert!(!browser.cookies.contains_key("keel_reset"));
 }

@@ -96,3 +96,33 @@ async fn a_request_id_is_echoed_or_else_generated() {
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
     }
 }
+
+#[tokio::test]
+async fn no_page_may_be_cached_but_the_fingerprinted_assets() {
+    let app = spawn_app().await;
+    let mut visitor = crate::visitor::Visitor::signed_up(&app, "cache@example.com", "a fine password").await;
+    for path in [
+        "/dashboard",
+        "/settings",
+        "/billing",
+        "/",
+        "/login",
+        "/no/such/page",
+    ] {
+        let page = visitor.get(path).await;
+        assert_eq!(
+            page.headers["cache-control"], "no-store",
+            "{path}: {}",
+            page.status
+        );
+    }
+    let home = app.get("/").await.text().await.unwrap();
+    let start = home.find("/static/").expect("an asset on the home page");
+    let asset: String = home[start..].chars().take_while(|c| *c != '"').collect();
+    let response = app.get(&asset).await;
+    assert_eq!(response.status(), 200, "{asset}");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+}

@@ -96,6 +96,16 @@ impl<'a> Visitor<'a> {
         self.send(request).await
     }
 
+    /// Opens an emailed link as a browser does: the token leaves the URL at once (a 303 to the
+    /// same path, the token in a cookie), then the page itself.
+    pub async fn open_link(&mut self, link: &str) -> Page {
+        let first = self.get(link).await;
+        let path = link.split_once('?').map_or(link, |(path, _)| path);
+        assert_eq!(first.status, StatusCode::SEE_OTHER, "{link}: {}", first.body);
+        assert_eq!(first.location(), path, "{link}");
+        self.get(path).await
+    }
+
     /// Posts `fields` as a browser would, with the CSRF token of the form at `form_path`.
     pub async fn submit(&mut self, form_path: &str, action: &str, fields: &[(&str, &str)]) -> Page {
         let token = self.get(form_path).await.csrf_token();
