@@ -149,7 +149,7 @@ psql "$db_server/postgres" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" 
     DATABASE_URL="$db_server/$database?sslmode=disable" \
     REDIS_URL="$redis_url" \
     TRUSTED_PROXIES=127.0.0.1/32 \
-    RATE_LIMIT_PER_SECOND=1 RATE_LIMIT_BURST=2 \
+    RATE_LIMIT_PER_SECOND=1 RATE_LIMIT_BURST=20 \
     AUTH_RATE_LIMIT_PER_MINUTE=1000 \
     "$keel" serve
 ) >"$work/keel.log" 2>&1 &
@@ -239,28 +239,47 @@ big_body_refused() {
 }
 check "POST over 1 MiB: 413" big_body_refused
 
-# keel buckets clients by the X-Forwarded-For nginx sends: "203.0.113.7, 127.0.0.1" from a
-# client that sent "203.0.113.7" (127.0.0.1, nginx, is trusted). Burst 2: A runs out, B not.
+# nginx is the edge: it overwrites X-Forwarded-For with the peer it sees, and keel trusts only
+# nginx (127.0.0.1). Clients come from their own loopback addresses (curl --interface): A
+# writes a new X-Forwarded-For on each request and still spends one budget (burst 20); B,
+# from another address, is not limited.
 per_client_buckets() {
-  local codes="" other
-  for _ in 1 2 3 4 5 6; do
-    codes="$codes $(status -H 'X-Forwarded-For: 203.0.113.7' "$base/")"
+  local i codes="" other
+  for i in $(seq 1 25); do
+    codes="$codes $(status --interface 127.0.0.7 -H "X-Forwarded-For: 203.0.113.$i" "$base/")"
   done
-  other=$(status -H 'X-Forwarded-For: 203.0.113.8' "$base/")
-  echo "client A:$codes; client B: $other"
+  other=$(status --interface 127.0.0.8 -H 'X-Forwarded-For: 203.0.113.7' "$base/")
+  echo "client A (a new X-Forwarded-For each time):$codes; client B: $other"
   [[ $codes == " 200"* && $codes == *429* && $other == 200 ]]
 }
-check "X-Forwarded-For reaches keel: per-client buckets (A limited, B not)" per_client_buckets
+check "X-Forwarded-For set by nginx: a forged one buys no new budget; another client has its own" per_client_buckets
+
+# A token in a URL or a Referer reaches keel (which moves it out of the URL at once) but not
+# nginx's access log.
+token_not_logged() {
+  local token=tokenforthelog0123456789abcdef
+  tls -o /dev/null --interface 127.0.0.9 -e "https://example.com/reset-password?token=$token" \
+    "$base/reset-password?token=$token"
+  tls -o /dev/null --interface 127.0.0.9 "$base/verify-email?token=$token"
+  sleep 0.5 # nginx writes its log line after the response
+  grep -q 'GET /reset-password HTTP' "$work/logs/access.log" || { echo "no access-log line for the request"; return 1; }
+  if grep -q "$token" "$work/logs/access.log"; then
+    echo "the token is in the access log:"
+    grep "$token" "$work/logs/access.log"
+    return 1
+  fi
+}
+check "a token in the query or the Referer stays out of nginx's access log" token_not_logged
 
 # nginx's auth zone: 10 r/m, burst 10, nodelay: 11 quick POSTs reach keel, the 12th is a 429
 # made by nginx (keel puts an x-request-id on everything it answers; what keel answers an
-# empty login form does not matter here). Each POST comes as a different client to keel, so
-# keel's own limits stay out of it. GETs are not counted by nginx.
+# empty login form does not matter here). keel's own limits stay out of it (a loose auth
+# limit, a burst of 20). GETs are not counted by nginx.
 from_keel() { grep -qi '^x-request-id:' "$1"; }
 auth_limit() {
   local i code codes="" reached=0
   for i in $(seq 1 12); do
-    code=$(status -D "$work/login.headers" -H "X-Forwarded-For: 198.51.100.$i" \
+    code=$(status -D "$work/login.headers" --interface 127.0.0.10 \
       --data 'email=a%40example.com&password=wrong-password' "$base/login")
     codes="$codes $code"
     if from_keel "$work/login.headers"; then reached=$((reached + 1)); fi
@@ -268,7 +287,7 @@ auth_limit() {
   echo "POST /login x12:$codes ($reached reached keel)"
   [ "$reached" = 11 ] && [ "$code" = 429 ] || return 1
   header_once "$work/login.headers" strict-transport-security || return 1
-  code=$(status -D "$work/login-get.headers" -H 'X-Forwarded-For: 198.51.100.99' "$base/login")
+  code=$(status -D "$work/login-get.headers" --interface 127.0.0.10 "$base/login")
   echo "then GET /login: $code"
   from_keel "$work/login-get.headers" && [ "$code" != 429 ]
 }

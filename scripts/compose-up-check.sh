@@ -502,6 +502,25 @@ metrics_hidden() {
 }
 check "/metrics: 404 from nginx outside, 200 on app:8080 inside with METRICS_TOKEN" metrics_hidden
 
+# nginx sets X-Forwarded-For to the peer it sees and keel trusts nginx's address alone: a
+# client writing a new address into it on every request still spends one budget
+# (RATE_LIMIT_BURST 50, then 10/s). With the old rule (nginx appending, the whole subnet
+# trusted, its gateway included) each request here was a new client.
+forged_addresses_share_a_budget() {
+  local i limited args=()
+  # One curl, one connection (--next), so the 150 requests take well under a second: faster
+  # than the budget refills.
+  for i in $(seq 1 150); do
+    args+=(-sk --resolve "example.com:$https_port:127.0.0.1" -o /dev/null -w '%{http_code}\n'
+      -H "X-Forwarded-For: 203.0.113.$i" "$base/" --next)
+  done
+  limited=$(curl --max-time 30 "${args[@]:0:${#args[@]}-1}" | grep -c '^429$' || true)
+  sleep 6 # the budget refills before the next steps
+  echo "$limited of 150 requests with a forged X-Forwarded-For answered 429"
+  [ "$limited" -gt 0 ]
+}
+check "a forged X-Forwarded-For does not buy a new rate-limit budget" forged_addresses_share_a_budget
+
 # ---- restart -----------------------------------------------------------------------------------
 step "restart app: the session survives"
 dc restart app >/dev/null 2>&1
