@@ -391,6 +391,36 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
+/// Lets a line that anyone on the internet can cause (a forged webhook signature) through
+/// at most once per `period`, so a flood costs a few lines rather than the log volume:
+/// [`Self::allow`] says whether to log and how many were held back since the last one.
+pub struct Sampled {
+    period: Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Sampled {
+    pub const fn new(period: Duration) -> Self {
+        Self {
+            period,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back)` when this occurrence is to be logged, `None` to hold it back.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, held_back) = &mut *state;
+        if last.is_some_and(|last| now.duration_since(last) < self.period) {
+            *held_back += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(held_back))
+    }
+}
+
 /// What tests of logging share.
 #[cfg(test)]
 pub(crate) mod testing {

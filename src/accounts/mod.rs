@@ -11,7 +11,7 @@ pub mod sessions;
 pub mod throttle;
 pub mod tokens;
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -55,9 +55,14 @@ pub enum Login {
     Locked(Duration),
 }
 
-/// The current password given to change it is wrong.
+/// Why a password change was refused.
 #[derive(Debug)]
-pub struct WrongPassword;
+pub enum PasswordChangeRefused {
+    /// The current password given is wrong.
+    WrongPassword,
+    /// Too many wrong current passwords (the login throttle): try again after this long.
+    Locked(Duration),
+}
 
 impl From<HashError> for AppError {
     fn from(error: HashError) -> Self {
@@ -125,11 +130,14 @@ impl Accounts {
 
     /// Checks the password and starts a session in the user's first team. Unknown emails cost
     /// the same hash time; failures count towards the email's backoff whether or not it exists.
+    /// `client` is the client's rate-limit bucket: the backoff is per account and client, and
+    /// failures are logged with it (never with the password).
     pub async fn log_in(
         &self,
         email: &EmailAddress,
         password: &str,
         user_agent: Option<&str>,
+        client: IpAddr,
     ) -> Result<Login> {
         let user = sqlx::query!(
             "SELECT u.id, u.password_hash, m.team_id
@@ -145,18 +153,19 @@ impl Accounts {
         .await?;
         // The lookup runs for every address, so the work before the hash is the same whether
         // or not an account exists.
-        let account = AccountKey::new(email, user.as_ref().map(|user| user.id));
-        if let Some(wait) = self.throttle.begin(&account).await {
+        let user_id = user.as_ref().map(|user| user.id);
+        let account = AccountKey::new(email, user_id);
+        if let Some(wait) = self.throttle.begin(&account, client).await {
+            tracing::warn!(%client, ?user_id, wait_secs = wait.as_secs(), "login refused: too many failures");
             return Ok(Login::Locked(wait));
         }
         let stored = user.as_ref().map(|user| user.password_hash.clone());
-        if !self.passwords.verify(password, stored).await? {
-            return Ok(Login::Refused);
-        }
-        let Some(user) = user else {
+        let verified = self.passwords.verify(password, stored).await?;
+        let Some(user) = user.filter(|_| verified) else {
+            tracing::warn!(%client, ?user_id, "login failed");
             return Ok(Login::Refused);
         };
-        self.throttle.succeeded(&account).await;
+        self.throttle.succeeded(&account, client).await;
         if !password::is_current(&user.password_hash) {
             self.upgrade_hash(user.id, &user.password_hash, password).await?;
         }
@@ -283,20 +292,31 @@ impl Accounts {
         Ok(Ok(()))
     }
 
-    /// Changes the signed-in user's password; every other session of theirs ends.
+    /// Changes the signed-in user's password; every other session of theirs ends. The check
+    /// of the current password is throttled like a login (a stolen session must not make it a
+    /// free guessing oracle).
     pub async fn change_password(
         &self,
         session: &Session,
         current_session: &SecretToken,
         current_password: &str,
         new_password: &NewPassword,
-    ) -> Result<Result<(), WrongPassword>> {
-        let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", session.user_id)
+        client: IpAddr,
+    ) -> Result<Result<(), PasswordChangeRefused>> {
+        let user_id = session.user_id;
+        let account = AccountKey::user(user_id);
+        if let Some(wait) = self.throttle.begin(&account, client).await {
+            tracing::warn!(%client, %user_id, wait_secs = wait.as_secs(), "password change refused: too many failures");
+            return Ok(Err(PasswordChangeRefused::Locked(wait)));
+        }
+        let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
             .fetch_one(&self.db)
             .await?;
         if !self.passwords.verify(current_password, Some(stored)).await? {
-            return Ok(Err(WrongPassword));
+            tracing::warn!(%client, %user_id, "password change failed: wrong current password");
+            return Ok(Err(PasswordChangeRefused::WrongPassword));
         }
+        self.throttle.succeeded(&account, client).await;
         let password_hash = self.passwords.hash(new_password).await?;
         let mut tx = self.db.begin().await?;
         self.replace_password(&mut tx, session.user_id, &password_hash, Some(current_session))

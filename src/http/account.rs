@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{
     AppState, billing,
+    client_ip::ClientIp,
     csrf::CsrfToken,
     forms::{FormErrors, render_rejected},
     pages::Layout,
@@ -18,9 +19,9 @@ use super::{
     session::CurrentUser,
 };
 use crate::{
-    accounts::WrongPassword,
+    accounts::PasswordChangeRefused,
     domain::{NewPassword, Role},
-    error::Result,
+    error::{AppError, Result},
 };
 
 #[derive(Template)]
@@ -108,6 +109,7 @@ pub struct ChangePasswordForm {
 pub async fn change_password(
     State(state): State<AppState>,
     user: CurrentUser,
+    client: ClientIp,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<ChangePasswordForm>,
@@ -121,11 +123,23 @@ pub async fn change_password(
         Ok(new_password) if errors.is_empty() => {
             let changed = state
                 .accounts
-                .change_password(&user.session, &user.token, &form.current_password, &new_password)
+                .change_password(
+                    &user.session,
+                    &user.token,
+                    &form.current_password,
+                    &new_password,
+                    client.bucket(),
+                )
                 .await?;
             match changed {
                 Ok(()) => return Ok(Redirect::to("/settings?notice=password-changed").into_response()),
-                Err(WrongPassword) => errors.add("current_password", "This is not your current password."),
+                Err(PasswordChangeRefused::WrongPassword) => {
+                    errors.add("current_password", "This is not your current password.");
+                }
+                Err(PasswordChangeRefused::Locked(wait)) => {
+                    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    return Err(AppError::TooManyRequests { retry_after_secs });
+                }
             }
         }
         Ok(_) => {}

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::{
     AppState,
+    client_ip::ClientIp,
     csrf::CsrfToken,
     forms::{FormErrors, render_rejected, render_with_status},
     pages::Layout,
@@ -186,6 +187,7 @@ const LOGIN_REFUSED: &str = "The email or password is not right.";
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: ClientIp,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<LoginForm>,
@@ -198,7 +200,7 @@ pub async fn login(
         Ok(_) if form.password.is_empty() => errors.add("password", "Enter your password."),
         Ok(email) => match state
             .accounts
-            .log_in(&email, &form.password, user_agent(&headers))
+            .log_in(&email, &form.password, user_agent(&headers), client.bucket())
             .await?
         {
             Login::SignedIn(session) => {

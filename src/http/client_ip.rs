@@ -7,8 +7,43 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use axum::http::HeaderMap;
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::{HeaderMap, request::Parts},
+};
 use ipnet::IpNet;
+
+use super::AppState;
+use crate::error::AppError;
+
+/// The client of a request, for handlers: `ClientIp(client_ip(…))` of its peer and headers.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// Its rate-limit bucket (see [`bucket`]): what throttles count by.
+    pub fn bucket(self) -> IpAddr {
+        bucket(self.0)
+    }
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no peer address: serve with ConnectInfo")))?
+            .0
+            .ip();
+        Ok(Self(client_ip(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
+    }
+}
 
 /// The client address for a request from `peer` carrying `headers`.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {

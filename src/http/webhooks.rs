@@ -13,6 +13,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use std::time::Duration;
+
 use serde_json::json;
 use time::OffsetDateTime;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -21,6 +23,7 @@ use super::{AppState, WEBHOOK_BODY_LIMIT};
 use crate::{
     billing::webhooks::{self, Envelope},
     error::AppError,
+    telemetry::Sampled,
 };
 
 pub fn router() -> Router<AppState> {
@@ -43,7 +46,11 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     let now = OffsetDateTime::now_utc().unix_timestamp();
     if let Err(problem) = verifier.verify(signature, &body, now) {
         count("unknown", "bad_signature");
-        tracing::warn!(reason = %problem, "webhook delivery refused");
+        // Anyone can send these: one line a second at most (the metric counts them all).
+        static REFUSED: Sampled = Sampled::new(Duration::from_secs(1));
+        if let Some(held_back) = REFUSED.allow() {
+            tracing::warn!(reason = %problem, held_back, "webhook delivery refused: bad signature");
+        }
         return AppError::BadRequest(format!("signature check failed: {problem}")).into_response();
     }
     let envelope = match Envelope::parse(&body) {

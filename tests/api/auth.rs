@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, header};
 
 use crate::{
-    helpers::{TestApp, spawn_app_with, wait_until},
+    helpers::{TestApp, spawn_app, spawn_app_with, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
     visitor::{Page, Visitor, field_value},
 };
@@ -1217,4 +1217,97 @@ async fn an_emailed_token_leaves_the_url_at_once_and_its_pages_are_neither_cache
     assert_eq!(reset.location(), "/login?notice=password-reset", "{}", reset.body);
     assert!(set_cookie(&reset, "keel_reset").contains("Max-Age=0"));
     assert!(!browser.cookies.contains_key("keel_reset"));
+}
+
+/// Logs in from `client` (keel trusts the test's own address to forward).
+async fn log_in_from(
+    visitor: &mut Visitor<'_>,
+    app: &TestApp,
+    client: &str,
+    email: &str,
+    password: &str,
+) -> Page {
+    let token = visitor.get("/login").await.csrf_token();
+    let request = app
+        .client
+        .post(app.url("/login"))
+        .header("x-forwarded-for", client)
+        .form(&[("email", email), ("password", password), ("csrf_token", &token)]);
+    visitor.send(request).await
+}
+
+#[tokio::test]
+async fn an_attacker_failing_on_purpose_is_slowed_but_cannot_lock_the_owner_out() {
+    let app = spawn_app_with(|env| {
+        env.insert("TRUSTED_PROXIES", "127.0.0.1/32".into());
+    })
+    .await;
+    sign_up(&mut Visitor::new(&app), "vera@example.com").await;
+
+    let mut attacker = Visitor::new(&app);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let page = log_in_from(&mut attacker, &app, "203.0.113.66", "vera@example.com", "guess").await;
+        statuses.push(page.status.as_u16());
+    }
+    assert_eq!(statuses[..5], [422; 5], "{statuses:?}");
+    assert_eq!(statuses[6], 429, "{statuses:?}");
+
+    // The owner, from their own address, gets in at once.
+    let mut owner = Visitor::new(&app);
+    let login = log_in_from(&mut owner, &app, "198.51.100.20", "vera@example.com", PASSWORD).await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.body);
+
+    // Guessing from many addresses, one guess each, meets the looser per-account ceiling
+    // (50, five of them spent above): then everyone waits, the owner too.
+    let mut many = Vec::new();
+    for n in 0..80 {
+        let page = log_in_from(
+            &mut attacker,
+            &app,
+            &format!("192.0.2.{n}"),
+            "vera@example.com",
+            "guess",
+        )
+        .await;
+        many.push(page.status.as_u16());
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    assert_eq!(many.len(), 46, "{many:?}");
+    let mut owner_elsewhere = Visitor::new(&app);
+    let locked = log_in_from(
+        &mut owner_elsewhere,
+        &app,
+        "198.51.100.21",
+        "vera@example.com",
+        PASSWORD,
+    )
+    .await;
+    assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_stolen_session_cannot_guess_the_current_password_at_full_speed() {
+    let app = spawn_app().await;
+    let mut thief = Visitor::new(&app);
+    sign_up(&mut thief, "walt@example.com").await;
+    let mut statuses = Vec::new();
+    for n in 0..7 {
+        let token = thief.get("/settings").await.csrf_token();
+        let page = thief
+            .post(
+                "/settings/password",
+                &[
+                    ("current_password", &format!("guess number {n}")),
+                    ("new_password", "a new password of mine"),
+                    ("csrf_token", &token),
+                ],
+            )
+            .await;
+        statuses.push(page.status.as_u16());
+    }
+    assert_eq!(statuses[..5], [422; 5], "{statuses:?}");
+    assert_eq!(statuses[6], 429, "{statuses:?}");
 }

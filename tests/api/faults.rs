@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{ChildGuard, TestApp, free_port, spawn_app_with, wait_until},
+    helpers::{ChildGuard, TestApp, form_token, free_port, spawn_app_with, wait_until},
     private_servers::{PrivatePostgres, PrivateRedis},
     visitor::Visitor,
 };
@@ -624,22 +624,6 @@ async fn send(what: &'static str, id: String, request: reqwest::RequestBuilder) 
         finished: Instant::now(),
         outcome,
     }
-}
-
-/// A fresh browser's view of the form at `path`: its `keel_csrf` cookie (as a `Cookie`
-/// header) and the form's token.
-async fn form_token(client: &reqwest::Client, base: &str, path: &str) -> (String, String) {
-    let response = client.get(format!("{base}{path}")).send().await.unwrap();
-    let cookie = response
-        .headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|set| set.to_str().ok()?.split(';').next())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let body = response.text().await.unwrap();
-    let token = crate::visitor::field_value(&body, "csrf_token").expect("the form has a token");
-    (cookie, token)
 }
 
 /// The request ids of keel's access-log lines (JSON): every request it answered.

@@ -389,3 +389,19 @@ pub async fn migrated_database() -> (DatabaseGuard, sqlx::PgPool) {
 pub async fn json(response: reqwest::Response) -> serde_json::Value {
     response.json().await.expect("a JSON body")
 }
+
+/// A fresh browser's view of the form at `path`: its `keel_csrf` cookie (as a `Cookie`
+/// header) and the form's token.
+pub async fn form_token(client: &reqwest::Client, base: &str, path: &str) -> (String, String) {
+    let response = client.get(format!("{base}{path}")).send().await.unwrap();
+    let cookie = response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|set| set.to_str().ok()?.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let body = response.text().await.unwrap();
+    let token = crate::visitor::field_value(&body, "csrf_token").expect("the form has a token");
+    (cookie, token)
+}

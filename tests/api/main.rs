@@ -13,6 +13,7 @@ mod headers;
 mod health;
 mod helpers;
 mod jobs;
+mod logs;
 mod mail;
 mod metrics;
 mod pages;
