@@ -158,6 +158,8 @@ async fn checkout_sends_the_team_to_stripe_with_one_customer_for_good() {
         ("line_items[0][price]", PRO),
         ("line_items[0][quantity]", "1"),
         ("subscription_data[metadata][team_id]", &team.to_string()),
+        // What checkout.session.completed checks before linking the customer (issue 18).
+        ("metadata[team_id]", &team.to_string()),
         ("cancel_url", "http://127.0.0.1/pricing"),
         (
             "success_url",
@@ -419,6 +421,89 @@ async fn while_stripe_is_down_pages_answer_fast_and_webhooks_still_ingest() {
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("keel_stripe_circuit_open 0"), "{metrics}");
+}
+
+/// Issue 18, finding 4: an event of the other mode than `STRIPE_SECRET_KEY`'s (here live
+/// events under an `sk_test_` key) is stored and marked processed, and changes nothing.
+#[tokio::test]
+async fn a_live_mode_event_under_a_test_key_changes_nothing_and_is_marked_processed() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "modes@example.com").await;
+    let team = team_of(&app, "modes@example.com").await;
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let checkout = |id: &str, livemode: bool| {
+        json!({"id": id, "object": "event", "type": "checkout.session.completed", "created": created,
+               "livemode": livemode, "data": {"object": {
+                   "id": "cs_live_1", "object": "checkout.session", "mode": "subscription",
+                   "client_reference_id": team.to_string(), "customer": "cus_live_mode",
+                   "metadata": {"team_id": team.to_string()}, "livemode": livemode}}})
+    };
+    let mut subscription = stripe_subscription("sub_live_mode", "cus_live_mode", "active", PRO, Some(team));
+    subscription["livemode"] = json!(true);
+    let subscribed = json!({"id": "evt_live_sub", "object": "event", "type": "customer.subscription.created",
+                            "created": created, "livemode": true, "data": {"object": subscription}});
+    for event in [checkout("evt_live_checkout", true), subscribed] {
+        let body = event.to_string();
+        let delivered = app
+            .client
+            .post(app.url("/webhooks/stripe"))
+            .header("stripe-signature", signature(&body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(delivered.status(), StatusCode::OK);
+    }
+    wait_for_count(
+        &app,
+        "both events processed",
+        "SELECT count(*) FROM stripe_events WHERE processed_at IS NOT NULL",
+        2,
+    )
+    .await;
+    assert_eq!(stored_customer(&app, team).await, None, "no customer linked");
+    let mut db = app.database.connect().await;
+    let subscriptions: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 0, "no subscription stored");
+    let pro = owner.get("/pro").await;
+    assert_eq!((pro.status, pro.location()), (StatusCode::SEE_OTHER, "/billing"));
+    // A finished job is deleted: none is left to be retried.
+    wait_for_count(
+        &app,
+        "the processing jobs finished",
+        "SELECT count(*) FROM jobs WHERE kind = 'stripe.process_event'",
+        0,
+    )
+    .await;
+
+    // The same checkout in test mode is applied: the mode alone made the difference.
+    let body = checkout("evt_test_checkout", false).to_string();
+    let delivered = app
+        .client
+        .post(app.url("/webhooks/stripe"))
+        .header("stripe-signature", signature(&body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), StatusCode::OK);
+    wait_for_count(
+        &app,
+        "the test-mode event processed",
+        "SELECT count(*) FROM stripe_events WHERE processed_at IS NOT NULL",
+        3,
+    )
+    .await;
+    assert_eq!(
+        stored_customer(&app, team).await.as_deref(),
+        Some("cus_live_mode")
+    );
 }
 
 /// Reads the app's cached price list straight from Redis.
