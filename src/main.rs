@@ -264,7 +264,9 @@ async fn stripe_command(config: Config, command: StripeCommand) -> anyhow::Resul
     let mailer = mail::Mailer::from_config(&config)?;
     match command {
         StripeCommand::Replay { event_id } => {
-            let outcome = keel::billing::events::replay(&pool, &mailer, &event_id).await?;
+            // Events of the other mode than the key's are not applied, as by the worker.
+            let mode = keel::app::stripe_client(&config)?.and_then(|stripe| stripe.mode());
+            let outcome = keel::billing::events::replay(&pool, &mailer, mode, &event_id).await?;
             println!("{event_id}: {outcome}");
             Ok(())
         }

@@ -16,6 +16,11 @@
 //! An event that needs state keel has not learned yet (a subscription whose customer no
 //! checkout has linked to a team, an invoice of an unknown subscription) fails its attempt and
 //! is retried with backoff: the event it waits for is usually a few seconds behind.
+//!
+//! Some events are marked processed without effect, with a warning: one whose `livemode`
+//! differs from the mode of `STRIPE_SECRET_KEY` (a test event reaching a live deployment, or
+//! the reverse; without a key nothing is filtered, as there is no mode to compare with), and a
+//! checkout that keel did not open for the team it names (see [`link_customer`]).
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
@@ -23,7 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::webhooks::ProcessStripeEvent;
+use super::{stripe::KeyMode, webhooks::ProcessStripeEvent};
 use crate::{
     domain::{Role, SubscriptionStatus},
     jobs::{Job, JobContext, Permanent},
@@ -39,7 +44,8 @@ impl Job for ProcessStripeEvent {
     const MAX_ATTEMPTS: i32 = 25;
 
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
-        process(&context.db, &context.mailer, &self.event_id).await
+        let mode = context.stripe.as_ref().and_then(super::stripe::Stripe::mode);
+        process(&context.db, &context.mailer, mode, &self.event_id).await
     }
 }
 
@@ -50,6 +56,8 @@ pub enum Processed {
     AlreadyProcessed,
     /// A type keel does not act on (stored and acknowledged all the same).
     Ignored,
+    /// Marked processed without effect, for the reason given (also logged as a warning).
+    Skipped(&'static str),
 }
 
 impl std::fmt::Display for Processed {
@@ -58,14 +66,21 @@ impl std::fmt::Display for Processed {
             Processed::Applied => "processed",
             Processed::AlreadyProcessed => "already processed",
             Processed::Ignored => "processed (a type keel does not act on)",
+            Processed::Skipped(why) => return write!(f, "processed without effect: {why}"),
         })
     }
 }
 
 /// `keel stripe replay`: processes a stored event again, now. Safe at any time: state only
-/// moves forward (`state_as_of`) and every email has its idempotency key.
-pub async fn replay(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<Processed> {
-    process_event(db, mailer, event_id, Again::Yes).await
+/// moves forward (`state_as_of`) and every email has its idempotency key. `mode` is that of
+/// `STRIPE_SECRET_KEY`, as for [`process`].
+pub async fn replay(
+    db: &PgPool,
+    mailer: &Mailer,
+    mode: Option<KeyMode>,
+    event_id: &str,
+) -> anyhow::Result<Processed> {
+    process_event(db, mailer, mode, event_id, Again::Yes).await
 }
 
 /// Whether an event already processed is processed again (replay).
@@ -75,9 +90,15 @@ enum Again {
     No,
 }
 
-/// Processes the stored event `event_id` once.
-pub async fn process(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Result<()> {
-    let processed = process_event(db, mailer, event_id, Again::No).await?;
+/// Processes the stored event `event_id` once. `mode` is that of `STRIPE_SECRET_KEY`: an event
+/// of the other mode is not applied (`None`, no key: every event is).
+pub async fn process(
+    db: &PgPool,
+    mailer: &Mailer,
+    mode: Option<KeyMode>,
+    event_id: &str,
+) -> anyhow::Result<()> {
+    let processed = process_event(db, mailer, mode, event_id, Again::No).await?;
     tracing::info!(event = event_id, ?processed, "stripe event processed");
     Ok(())
 }
@@ -87,12 +108,13 @@ pub async fn process(db: &PgPool, mailer: &Mailer, event_id: &str) -> anyhow::Re
 async fn process_event(
     db: &PgPool,
     mailer: &Mailer,
+    mode: Option<KeyMode>,
     event_id: &str,
     again: Again,
 ) -> anyhow::Result<Processed> {
     let mut tx = db.begin().await?;
     let event = sqlx::query!(
-        r#"SELECT type AS kind, created, payload, processed_at FROM stripe_events WHERE id = $1 FOR UPDATE"#,
+        r#"SELECT type AS kind, created, livemode, payload, processed_at FROM stripe_events WHERE id = $1 FOR UPDATE"#,
         event_id
     )
     .fetch_optional(&mut *tx)
@@ -100,6 +122,19 @@ async fn process_event(
     .with_context(|| format!("no stored event {event_id} (see the stripe_events table)"))?;
     if event.processed_at.is_some() && again == Again::No {
         return Ok(Processed::AlreadyProcessed);
+    }
+    if let Some(mode) = mode
+        && event.livemode != mode.livemode()
+    {
+        tracing::warn!(
+            event = event_id,
+            kind = event.kind,
+            livemode = event.livemode,
+            "a Stripe event of the other mode than STRIPE_SECRET_KEY's: stored, not applied"
+        );
+        mark_processed(&mut tx, event_id).await?;
+        tx.commit().await?;
+        return Ok(Processed::Skipped("its livemode is not STRIPE_SECRET_KEY's"));
     }
     // It was signed by Stripe and stored as sent, so it is JSON; what serde_json cannot read
     // (nesting past its recursion limit) it will never read.
@@ -131,14 +166,19 @@ async fn process_event(
         // customer.updated carries nothing keel keeps; anything else is not ours to act on.
         _ => Processed::Ignored,
     };
+    mark_processed(&mut tx, event_id).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn mark_processed(tx: &mut PgConnection, event_id: &str) -> anyhow::Result<()> {
     sqlx::query!(
         "UPDATE stripe_events SET processed_at = now() WHERE id = $1",
         event_id
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(outcome)
+    Ok(())
 }
 
 /// A string field, or the `id` of an expanded object in its place.
@@ -158,15 +198,44 @@ fn invoice_subscription(invoice: &Value) -> Option<&str> {
 
 /// checkout.session.completed: `client_reference_id` is the team that checked out; its
 /// customer is remembered, so the subscription events that follow find the team.
+///
+/// Only a session keel opened for that team links anything: mode `subscription`, and
+/// `metadata.team_id` (set by `checkout::start_checkout`) equal to `client_reference_id`. Any
+/// other session of the account (a payment link, another integration, a hand-made session
+/// naming a team) could otherwise attach its customer, and the subscriptions that customer
+/// pays for, to a stranger's team. A team's customer is never replaced by another. A refusal
+/// is logged and the event marked processed: retrying would never change the answer.
 async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result<Processed> {
-    let team = session
-        .get("client_reference_id")
-        .and_then(Value::as_str)
-        .and_then(|reference| Uuid::parse_str(reference).ok());
-    let (Some(team), Some(customer)) = (team, id_at(session, "/customer")) else {
-        tracing::warn!("checkout session without a team reference or a customer: ignored");
-        return Ok(Processed::Ignored);
+    let session_id = id_at(session, "/id").unwrap_or_default();
+    let team_at = |pointer| {
+        session
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .and_then(|team| Uuid::parse_str(team).ok())
     };
+    let team = team_at("/client_reference_id");
+    let (Some(team), Some(customer)) = (team, id_at(session, "/customer")) else {
+        tracing::warn!(
+            session_id,
+            "checkout session without a team reference or a customer: not linked"
+        );
+        return Ok(Processed::Skipped("no team reference or no customer"));
+    };
+    let mode = session.get("mode").and_then(Value::as_str).unwrap_or_default();
+    if mode != "subscription" {
+        tracing::warn!(session_id, %team, mode, "checkout session not in subscription mode: not linked");
+        return Ok(Processed::Skipped("not a subscription-mode session"));
+    }
+    if team_at("/metadata/team_id") != Some(team) {
+        tracing::warn!(
+            session_id,
+            %team,
+            "checkout session whose metadata.team_id is not its client_reference_id (not opened by keel for that team): not linked"
+        );
+        return Ok(Processed::Skipped(
+            "metadata.team_id does not match client_reference_id",
+        ));
+    }
     let linked = sqlx::query!(
         "UPDATE teams SET stripe_customer_id = $2
          WHERE id = $1 AND (stripe_customer_id IS NULL OR stripe_customer_id = $2)
@@ -178,6 +247,9 @@ async fn link_customer(tx: &mut PgConnection, session: &Value) -> anyhow::Result
     .await?;
     if linked.rows_affected() == 0 {
         tracing::warn!(%team, customer, "checkout for a team that is gone or has another customer: not linked");
+        return Ok(Processed::Skipped(
+            "the team is gone, or it or the customer is linked to another",
+        ));
     }
     Ok(Processed::Applied)
 }

@@ -221,6 +221,33 @@ impl Breaker {
     }
 }
 
+/// Whether an API key acts on live or on test data, from its prefix (`sk_live_`/`rk_live_`,
+/// `sk_test_`/`rk_test_`). Events of the other mode are not applied (`billing::events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    Live,
+    Test,
+}
+
+impl KeyMode {
+    /// The key's mode; `None` for a key that names neither (Stripe's keys always do).
+    pub fn of(key: &str) -> Option<Self> {
+        let mode = key.strip_prefix("sk_").or_else(|| key.strip_prefix("rk_"))?;
+        if mode.starts_with("live_") {
+            Some(KeyMode::Live)
+        } else if mode.starts_with("test_") {
+            Some(KeyMode::Test)
+        } else {
+            None
+        }
+    }
+
+    /// The `livemode` of the events and objects this key sees.
+    pub fn livemode(self) -> bool {
+        self == KeyMode::Live
+    }
+}
+
 /// The Stripe API client; cheap to clone (one async-stripe client, one breaker).
 #[derive(Clone)]
 pub struct Stripe(Arc<Inner>);
@@ -228,6 +255,7 @@ pub struct Stripe(Arc<Inner>);
 struct Inner {
     client: stripe::Client,
     base: String,
+    mode: Option<KeyMode>,
     breaker: Mutex<Breaker>,
 }
 
@@ -252,8 +280,14 @@ impl Stripe {
         Ok(Self(Arc::new(Inner {
             client,
             base,
+            mode: KeyMode::of(secret_key.expose_secret()),
             breaker: Mutex::new(Breaker::default()),
         })))
+    }
+
+    /// The mode of its key: live or test.
+    pub fn mode(&self) -> Option<KeyMode> {
+        self.0.mode
     }
 
     /// Sends a request that changes nothing (a retrieve, a list), retried freely.
@@ -483,6 +517,18 @@ mod tests {
         assert!(proxy.is_outage() && proxy.is_retryable());
         assert!(StripeError::Timeout.is_outage() && StripeError::CircuitOpen.is_outage());
         assert!(!StripeError::from(stripe::StripeError::JSONDeserialize("x".into())).is_retryable());
+    }
+
+    #[test]
+    fn a_key_says_its_mode() {
+        assert_eq!(KeyMode::of("sk_live_51abc"), Some(KeyMode::Live));
+        assert_eq!(KeyMode::of("rk_live_51abc"), Some(KeyMode::Live));
+        assert_eq!(KeyMode::of("sk_test_51abc"), Some(KeyMode::Test));
+        assert_eq!(KeyMode::of("rk_test_51abc"), Some(KeyMode::Test));
+        for unknown in ["sk_51abc", "pk_live_51abc", "sk_livex", ""] {
+            assert_eq!(KeyMode::of(unknown), None, "{unknown}");
+        }
+        assert!(KeyMode::Live.livemode() && !KeyMode::Test.livemode());
     }
 
     #[test]

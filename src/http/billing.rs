@@ -229,6 +229,13 @@ pub async fn checkout(
             "Your team already has a subscription. Change plans with \"Manage billing\" on the billing page."
                 .to_owned(),
         )),
+        Err(CheckoutRefused::PaymentPending) => Err(AppError::Conflict(
+            "Your team's last checkout was paid: its subscription will show on the billing page in a moment."
+                .to_owned(),
+        )),
+        Err(CheckoutRefused::InProgress) => Err(AppError::Conflict(
+            "Another checkout for your team is being started. Please try again in a moment.".to_owned(),
+        )),
     }
 }
 

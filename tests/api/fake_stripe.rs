@@ -133,6 +133,33 @@ impl FakeStripe {
         }
     }
 
+    /// Every Checkout Session created, as Stripe holds it now (`status` open, complete or
+    /// expired), in creation order.
+    pub fn checkout_sessions(&self) -> Vec<Value> {
+        self.state().checkout_sessions.clone()
+    }
+
+    /// The sessions of [`FakeStripe::checkout_sessions`] still `open`.
+    pub fn open_checkout_sessions(&self) -> Vec<Value> {
+        let sessions = self.checkout_sessions().into_iter();
+        sessions.filter(|s| s["status"] == "open").collect()
+    }
+
+    /// The customer pays session `id`: as Stripe, it becomes `complete` with a subscription
+    /// and no `url`.
+    pub fn complete_checkout_session(&self, id: &str, subscription: &str) {
+        let mut state = self.state();
+        let session = state
+            .checkout_sessions
+            .iter_mut()
+            .find(|s| s["id"] == id)
+            .expect("a checkout session the fake created");
+        session["status"] = "complete".into();
+        session["payment_status"] = "paid".into();
+        session["subscription"] = subscription.into();
+        session["url"] = Value::Null;
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Poisoned only if a test already panicked while holding it.
         self.state.lock().expect("fake Stripe state")
@@ -152,6 +179,7 @@ struct State {
     requests: Vec<Recorded>,
     prices: HashMap<String, Value>,
     subscriptions: Vec<Value>,
+    checkout_sessions: Vec<Value>,
     /// By `Idempotency-Key` (of POSTs): the first request's path and body, the answer to replay.
     replays: HashMap<String, (Vec<u8>, Answer)>,
     /// Numbers the objects created (`cus_fake1`, `cs_test_2`…).
@@ -279,6 +307,12 @@ impl State {
         match (request.method.as_str(), segments.as_slice()) {
             ("POST", ["v1", "customers"]) => self.create_customer(request),
             ("POST", ["v1", "checkout", "sessions"]) => self.create_checkout_session(request),
+            ("GET", ["v1", "checkout", "sessions", id]) => found(
+                self.checkout_sessions.iter().find(|s| s["id"] == *id),
+                "checkout.session",
+                id,
+            ),
+            ("POST", ["v1", "checkout", "sessions", id, "expire"]) => self.expire_checkout_session(id),
             ("POST", ["v1", "billing_portal", "sessions"]) => self.create_portal_session(request),
             ("GET", ["v1", "prices", id]) => found(self.prices.get(*id), "price", id),
             ("GET", ["v1", "subscriptions"]) => self.list_subscriptions(request),
@@ -330,7 +364,25 @@ impl State {
             "payment_method_types": ["card"], "payment_status": "unpaid", "shipping_options": [],
             "subscription": null, "currency": null, "amount_total": null,
         });
+        self.checkout_sessions.push(session.clone());
         (StatusCode::OK, session)
+    }
+
+    /// Like Stripe: only an `open` session can be expired; it then has no `url`.
+    fn expire_checkout_session(&mut self, id: &str) -> Answer {
+        let Some(session) = self.checkout_sessions.iter_mut().find(|s| s["id"] == id) else {
+            return no_such(StatusCode::NOT_FOUND, "checkout.session", id, "session");
+        };
+        if session["status"] != "open" {
+            let message = format!(
+                "Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has status {}.",
+                session["status"]
+            );
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
+        }
+        session["status"] = "expired".into();
+        session["url"] = Value::Null;
+        (StatusCode::OK, session.clone())
     }
 
     fn create_portal_session(&mut self, request: &Recorded) -> Answer {
@@ -514,6 +566,30 @@ async fn fake_stripe_speaks_like_stripe() {
     assert_eq!(recorded.idempotency_key.as_deref(), Some("team-42"));
     assert_eq!(recorded.stripe_version.as_deref(), Some("2026-01-28"));
     assert_eq!(recorded.authorization.as_deref(), Some("Bearer sk_test_fake"));
+
+    // A Checkout Session: retrieved as created; expired once, then refused.
+    let form = [
+        ("mode", "subscription"),
+        ("success_url", "https://example.com/ok"),
+        ("line_items[0][price]", "price_pro"),
+    ];
+    let (status, _, session) = send(post("/v1/checkout/sessions").form(&form)).await;
+    assert_eq!((status, &session["status"]), (200, &json!("open")), "{session}");
+    let id = session["id"].as_str().unwrap();
+    let (status, _, retrieved) = send(get(&format!("/v1/checkout/sessions/{id}"))).await;
+    assert_eq!((status, &retrieved), (200, &session));
+    let expire = format!("/v1/checkout/sessions/{id}/expire");
+    let (status, _, expired) = send(post(&expire)).await;
+    assert_eq!(
+        (status, &expired["status"], &expired["url"]),
+        (200, &json!("expired"), &Value::Null)
+    );
+    let (status, _, refused) = send(post(&expire)).await;
+    assert_eq!(
+        (status, &refused["error"]["type"]),
+        (400, &json!("invalid_request_error"))
+    );
+    assert_eq!(fake.open_checkout_sessions(), Vec::<Value>::new());
 
     // Cursor paging; a canceled subscription is listed only with `status=all`.
     fake.put_subscription(json!({"id": "sub_a", "object": "subscription", "status": "active"}));

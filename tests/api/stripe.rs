@@ -158,6 +158,8 @@ async fn checkout_sends_the_team_to_stripe_with_one_customer_for_good() {
         ("line_items[0][price]", PRO),
         ("line_items[0][quantity]", "1"),
         ("subscription_data[metadata][team_id]", &team.to_string()),
+        // What checkout.session.completed checks before linking the customer (issue 18).
+        ("metadata[team_id]", &team.to_string()),
         ("cancel_url", "http://127.0.0.1/pricing"),
         (
             "success_url",
@@ -229,6 +231,120 @@ async fn racing_checkouts_of_a_new_team_make_one_customer() {
         .map(|r| r.idempotency_key)
         .collect();
     assert_eq!(keys, [Some(format!("keel-customer-{team}"))].into());
+}
+
+/// Issue 18, finding 8: two checkouts started before the first one's webhooks arrive must not
+/// become two subscriptions. Parallel POSTs of one team (a double click, two tabs) take turns:
+/// the first opens a session, the others are sent to the same one.
+#[tokio::test]
+async fn parallel_checkouts_of_one_team_open_at_most_one_checkout_session() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "double@example.com").await;
+    let token = owner.get("/billing").await.csrf_token();
+    let cookie = owner.cookie_header();
+    let checkouts = (0..6).map(|_| {
+        app.client
+            .post(app.url("/billing/checkout"))
+            .header("cookie", &cookie)
+            .form(&[("plan", "pro"), ("csrf_token", &token)])
+            .send()
+    });
+    let mut locations = std::collections::HashSet::new();
+    for response in join_all(checkouts).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        locations.insert(response.headers()["location"].to_str().unwrap().to_owned());
+    }
+    let open = fake.open_checkout_sessions();
+    assert_eq!(open.len(), 1, "open Checkout Sessions in Stripe: {open:#?}");
+    assert_eq!(
+        locations,
+        [open[0]["url"].as_str().unwrap().to_owned()].into(),
+        "every checkout was sent to the one open session"
+    );
+}
+
+/// Finding 8: the team's open session is reused for the same plan, expired (through Stripe's
+/// API) before a session for another plan is opened, so at most one can ever be paid.
+#[tokio::test]
+async fn a_second_checkout_reuses_the_open_session_or_expires_it_first() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "twice@example.com").await;
+    let first = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+    let again = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
+    assert_eq!(again.location(), first.location(), "the open session is reused");
+    assert_eq!(fake.count("POST", "/v1/checkout/sessions"), 1);
+
+    let other_plan = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "team")])
+        .await;
+    assert_eq!(other_plan.status, StatusCode::SEE_OTHER, "{}", other_plan.body);
+    assert_ne!(other_plan.location(), first.location());
+    let sessions = fake.checkout_sessions();
+    let first_id = sessions[0]["id"].as_str().unwrap();
+    let expire = format!("/v1/checkout/sessions/{first_id}/expire");
+    assert_eq!(fake.count("POST", &expire), 1, "the first session was expired");
+    let expired_at = fake.requests().iter().position(|r| r.path == expire).unwrap();
+    let created_at = fake
+        .requests()
+        .iter()
+        .rposition(|r| r.method == "POST" && r.path == "/v1/checkout/sessions")
+        .unwrap();
+    assert!(expired_at < created_at, "expired before the new one was created");
+    assert_eq!(sessions[0]["status"], "expired");
+    let open = fake.open_checkout_sessions();
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0]["url"].as_str(), Some(other_plan.location()));
+}
+
+/// Finding 8: a session paid a moment ago, whose webhooks have not arrived, already is a
+/// subscription: another checkout is refused (409) rather than opening a second one.
+#[tokio::test]
+async fn a_checkout_paid_before_its_webhooks_arrive_refuses_another() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "paid@example.com").await;
+    let first = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.body);
+    let id = fake.checkout_sessions()[0]["id"].as_str().unwrap().to_owned();
+    fake.complete_checkout_session(&id, "sub_paid_moments_ago");
+
+    for plan in ["pro", "team"] {
+        let second = owner
+            .submit("/billing", "/billing/checkout", &[("plan", plan)])
+            .await;
+        assert_eq!(second.status, StatusCode::CONFLICT, "{plan}: {}", second.body);
+        assert!(second.body.contains("last checkout was paid"), "{}", second.body);
+    }
+    assert_eq!(fake.count("POST", "/v1/checkout/sessions"), 1);
+
+    // Once keel knows that subscription, and it has ended, the team may subscribe again.
+    let team = team_of(&app, "paid@example.com").await;
+    let mut db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
+         VALUES ('sub_paid_moments_ago', $1, 'cus_x', 'canceled', $2, now())",
+    )
+    .bind(team)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let later = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(later.status, StatusCode::SEE_OTHER, "{}", later.body);
+    assert_eq!(fake.open_checkout_sessions().len(), 1);
 }
 
 #[tokio::test]
@@ -419,6 +535,89 @@ async fn while_stripe_is_down_pages_answer_fast_and_webhooks_still_ingest() {
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("keel_stripe_circuit_open 0"), "{metrics}");
+}
+
+/// Issue 18, finding 4: an event of the other mode than `STRIPE_SECRET_KEY`'s (here live
+/// events under an `sk_test_` key) is stored and marked processed, and changes nothing.
+#[tokio::test]
+async fn a_live_mode_event_under_a_test_key_changes_nothing_and_is_marked_processed() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "modes@example.com").await;
+    let team = team_of(&app, "modes@example.com").await;
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let checkout = |id: &str, livemode: bool| {
+        json!({"id": id, "object": "event", "type": "checkout.session.completed", "created": created,
+               "livemode": livemode, "data": {"object": {
+                   "id": "cs_live_1", "object": "checkout.session", "mode": "subscription",
+                   "client_reference_id": team.to_string(), "customer": "cus_live_mode",
+                   "metadata": {"team_id": team.to_string()}, "livemode": livemode}}})
+    };
+    let mut subscription = stripe_subscription("sub_live_mode", "cus_live_mode", "active", PRO, Some(team));
+    subscription["livemode"] = json!(true);
+    let subscribed = json!({"id": "evt_live_sub", "object": "event", "type": "customer.subscription.created",
+                            "created": created, "livemode": true, "data": {"object": subscription}});
+    for event in [checkout("evt_live_checkout", true), subscribed] {
+        let body = event.to_string();
+        let delivered = app
+            .client
+            .post(app.url("/webhooks/stripe"))
+            .header("stripe-signature", signature(&body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(delivered.status(), StatusCode::OK);
+    }
+    wait_for_count(
+        &app,
+        "both events processed",
+        "SELECT count(*) FROM stripe_events WHERE processed_at IS NOT NULL",
+        2,
+    )
+    .await;
+    assert_eq!(stored_customer(&app, team).await, None, "no customer linked");
+    let mut db = app.database.connect().await;
+    let subscriptions: i64 = sqlx::query_scalar("SELECT count(*) FROM subscriptions")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions, 0, "no subscription stored");
+    let pro = owner.get("/pro").await;
+    assert_eq!((pro.status, pro.location()), (StatusCode::SEE_OTHER, "/billing"));
+    // A finished job is deleted: none is left to be retried.
+    wait_for_count(
+        &app,
+        "the processing jobs finished",
+        "SELECT count(*) FROM jobs WHERE kind = 'stripe.process_event'",
+        0,
+    )
+    .await;
+
+    // The same checkout in test mode is applied: the mode alone made the difference.
+    let body = checkout("evt_test_checkout", false).to_string();
+    let delivered = app
+        .client
+        .post(app.url("/webhooks/stripe"))
+        .header("stripe-signature", signature(&body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), StatusCode::OK);
+    wait_for_count(
+        &app,
+        "the test-mode event processed",
+        "SELECT count(*) FROM stripe_events WHERE processed_at IS NOT NULL",
+        3,
+    )
+    .await;
+    assert_eq!(
+        stored_customer(&app, team).await.as_deref(),
+        Some("cus_live_mode")
+    );
 }
 
 /// Reads the app's cached price list straight from Redis.
