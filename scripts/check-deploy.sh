@@ -117,7 +117,7 @@ sed -e '/^user /d' \
   -e "s|/etc/nginx/certs/|$work/certs/|g" \
   -e "s|root /var/www/acme;|root $work/acme;|" \
   -e "s|set \$keel_app http://app:8080;|set \$keel_app http://127.0.0.1:$app_port;|" \
-  -e "s|listen 80 |listen 127.0.0.1:$http_port |" \
+  -e "s|listen 80\([ ;]\)|listen 127.0.0.1:$http_port\1|" \
   -e "s|listen 443 ssl|listen 127.0.0.1:$https_port ssl|" \
   -e "s|^http {|http {\n    client_body_temp_path $work/body;\n    proxy_temp_path $work/proxy;\n    fastcgi_temp_path $work/fastcgi;\n    uwsgi_temp_path $work/uwsgi;\n    scgi_temp_path $work/scgi;|" \
   nginx.conf >"$work/nginx.conf"
@@ -199,6 +199,9 @@ check "TLS handshake refused for an unknown server name" unknown_name_refused
 check "plain HTTP: 301 to https" expect "301 https://example.com/pricing?a=1" \
   curl -s -o /dev/null -w '%{http_code} %{redirect_url}' -H 'Host: example.com' \
   "http://127.0.0.1:$http_port/pricing?a=1"
+check "plain HTTP for another name: 421, no redirect there" expect 421 \
+  curl -s -o /dev/null -w '%{http_code}' -H 'Host: evil.example' "http://127.0.0.1:$http_port/login"
+check "https made for our name with another Host: 421" expect 421 status -H 'Host: evil.example' "$base/"
 
 # Each of keel's security headers exactly once (none added by nginx as well).
 tls -D "$work/home.headers" -o "$work/home.html" -H 'X-Forwarded-For: 192.0.2.10' "$base/"
