@@ -750,6 +750,37 @@ async fn auth_posts_are_limited_per_client_but_the_forms_still_show() {
 }
 
 #[tokio::test]
+async fn resend_verification_spends_the_auth_form_budget() {
+    let smtp = FakeSmtp::start(Behaviour::default()).await;
+    let url = smtp.url();
+    let app = spawn_app_with(|env| {
+        env.insert("SMTP_URL", url);
+        env.insert("AUTH_RATE_LIMIT_PER_MINUTE", "3".into());
+    })
+    .await;
+    let mut browser = Visitor::new(&app);
+    sign_up(&mut browser, "una@example.com").await;
+    for _ in 0..2 {
+        let page = browser
+            .submit("/settings", "/settings/resend-verification", &[])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+    }
+    let limited = browser
+        .submit("/settings", "/settings/resend-verification", &[])
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    let login = log_in(&mut Visitor::new(&app), "una@example.com", PASSWORD).await;
+    assert_eq!(
+        login.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one budget with the auth forms"
+    );
+    assert_eq!(browser.get("/settings").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn form_errors_come_back_with_422_a_message_per_field_and_the_input_but_never_the_password() {
     let (app, _smtp) = app_with_smtp().await;
     let mut browser = Visitor::new(&app);
