@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, header};
 
 use crate::{
+    email_cap::let_time_pass,
     helpers::{TestApp, spawn_app_with, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
     visitor::{Page, Visitor, field_value},
@@ -418,10 +419,7 @@ async fn a_verification_link_works_once_and_not_after_it_expires() {
         .execute(&mut db)
         .await
         .unwrap();
-    sqlx::query("UPDATE auth_tokens SET created_at = now() - interval '2 minutes'")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let_time_pass(&mut db, 120).await;
     let resent = browser
         .post("/settings/resend-verification", &[("csrf_token", &token)])
         .await;

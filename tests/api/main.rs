@@ -6,6 +6,7 @@ mod bad_input;
 mod billing;
 mod browser;
 mod cli;
+mod email_cap;
 mod fake_stripe;
 mod faults;
 mod headers;
