@@ -29,7 +29,7 @@ use crate::{
     domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
     jobs::{self, Job, JobContext},
-    mail::{self, Mailer, PasswordChanged, PasswordReset, VerifyEmail},
+    mail::{self, CapKind, Capped, Mailer, PasswordChanged, PasswordReset, VerifyEmail},
 };
 
 #[derive(Clone)]
@@ -84,7 +84,7 @@ impl Accounts {
     }
 
     /// Creates the user, their personal team (as owner) and a session, and emails a
-    /// verification link.
+    /// verification link (unless the email cap holds it back: the user can ask again).
     pub async fn sign_up(
         &self,
         email: &EmailAddress,
@@ -121,7 +121,11 @@ impl Accounts {
         )
         .execute(&mut *tx)
         .await?;
-        self.send_verification(&mut tx, user_id, email.as_str()).await?;
+        if let Err(Capped) = self.send_verification(&mut tx, user_id, email.as_str()).await? {
+            // Another spelling of this mailbox was just sent one. The account is made all the
+            // same; its unused link expires.
+            tracing::info!(%user_id, "verification email held back by the email cap");
+        }
         let session = sessions::create(&mut tx, user_id, team_id, user_agent).await?;
         tx.commit().await?;
         tracing::info!(%user_id, "account created");
@@ -221,23 +225,30 @@ impl Accounts {
         Ok(Ok(()))
     }
 
-    /// Emails a new verification link, unless the address is verified or a link went out
-    /// within the last minute. Returns whether one was sent.
+    /// Emails a new verification link, unless the address is verified or the email cap holds
+    /// it back (one went to this mailbox recently). Returns whether one was sent.
     pub async fn resend_verification(&self, session: &Session) -> Result<bool> {
         if session.email_verified {
             return Ok(false);
         }
         let mut tx = self.db.begin().await?;
-        if tokens::recently_issued(&mut tx, Purpose::VerifyEmail, session.user_id).await? {
-            return Ok(false);
+        if let Err(Capped) = self
+            .send_verification(&mut tx, session.user_id, &session.email)
+            .await?
+        {
+            return Ok(false); // rolled back: no token either
         }
-        self.send_verification(&mut tx, session.user_id, &session.email)
-            .await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    async fn send_verification(&self, conn: &mut PgConnection, user_id: Uuid, email: &str) -> Result<()> {
+    /// Issues a verification link and queues its email, if the email cap lets it go.
+    async fn send_verification(
+        &self,
+        conn: &mut PgConnection,
+        user_id: Uuid,
+        email: &str,
+    ) -> Result<Result<(), Capped>> {
         let token = tokens::issue(conn, Purpose::VerifyEmail, user_id, email).await?;
         let message = VerifyEmail {
             address: email.to_owned(),
@@ -246,8 +257,9 @@ impl Accounts {
                 .link(&format!("/verify-email?token={}", token.as_str())),
         };
         let key = format!("verify-email:{}", hex::encode(token.digest()));
-        mail::enqueue(conn, &self.mailer, email, &key, &message).await?;
-        Ok(())
+        let queued =
+            mail::enqueue_capped(conn, &self.mailer, email, CapKind::Verification, &key, &message).await?;
+        Ok(queued.map(|_| ()))
     }
 
     /// Queues a reset email for `email` if an account has it. The request does the same work
@@ -352,8 +364,9 @@ impl Accounts {
     }
 }
 
-/// Looks up the account of `email` and, if there is one, emails it a reset link (at most one
-/// a minute). Enqueued by every forgot-password request, so the request's timing says nothing.
+/// Looks up the account of `email` and, if there is one, emails it a reset link (if the email
+/// cap lets it go). Enqueued by every forgot-password request, so the request's timing says
+/// nothing.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SendPasswordReset {
     pub email: String,
@@ -372,9 +385,6 @@ impl Job for SendPasswordReset {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(user) = user else { return Ok(()) };
-        if tokens::recently_issued(&mut tx, Purpose::ResetPassword, user.id).await? {
-            return Ok(());
-        }
         let token = tokens::issue(&mut tx, Purpose::ResetPassword, user.id, &user.email).await?;
         let message = PasswordReset {
             address: user.email.clone(),
@@ -384,8 +394,21 @@ impl Job for SendPasswordReset {
         };
         // Keyed by this job: a rerun after a crash finds its email queued and changes nothing.
         let key = format!("password-reset:{}", context.job_id);
-        if mail::enqueue(&mut tx, &context.mailer, &user.email, &key, &message).await? {
-            tx.commit().await?;
+        let queued = mail::enqueue_capped(
+            &mut tx,
+            &context.mailer,
+            &user.email,
+            CapKind::PasswordReset,
+            &key,
+            &message,
+        )
+        .await?;
+        match queued {
+            Ok(true) => tx.commit().await?,
+            // Not committed, so the new token goes too: an earlier run of this job queued
+            // the email, or the cap holds it back.
+            Ok(false) => {}
+            Err(Capped) => tracing::info!(user_id = %user.id, "reset email held back by the email cap"),
         }
         Ok(())
     }

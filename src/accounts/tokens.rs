@@ -47,9 +47,6 @@ pub struct LinkOwner {
     pub email: String,
 }
 
-/// Not more than one link per purpose and user is emailed within this period.
-pub const RESEND_AFTER: Duration = Duration::from_secs(60);
-
 /// Creates a token for `user_id`, to be emailed to `email`.
 pub async fn issue(
     conn: &mut PgConnection,
@@ -70,22 +67,6 @@ pub async fn issue(
     .execute(conn)
     .await?;
     Ok(token)
-}
-
-/// Whether a link for this purpose went to `user_id` within [`RESEND_AFTER`].
-pub async fn recently_issued(conn: &mut PgConnection, purpose: Purpose, user_id: Uuid) -> Result<bool> {
-    let recent = sqlx::query_scalar!(
-        r#"SELECT EXISTS (
-             SELECT 1 FROM auth_tokens
-             WHERE user_id = $1 AND purpose = $2 AND created_at > now() - make_interval(secs => $3)
-           ) AS "recent!""#,
-        user_id,
-        purpose.as_str(),
-        RESEND_AFTER.as_secs_f64(),
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(recent)
 }
 
 /// Who the token belongs to, without using it up (to show the reset form).

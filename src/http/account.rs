@@ -74,9 +74,9 @@ fn settings_notice(key: Option<&str>) -> Option<&'static str> {
     match key? {
         "password-changed" => Some("Your password was changed. Your other devices were signed out."),
         "verification-sent" => Some("We sent you a new verification link. It works for 24 hours."),
-        "verification-recent" => {
-            Some("A verification link went out a moment ago. Check your inbox and spam folder.")
-        }
+        "verification-recent" => Some(
+            "A verification link was sent recently. Check your inbox and spam folder, or try again later.",
+        ),
         "already-verified" => Some("Your email address is already verified."),
         _ => None,
     }

@@ -111,7 +111,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/logout", form(post(auth::logout)))
         .route("/verify-email", get(auth::verify_email).layer(no_referrer()));
 
-    // The account forms: their POSTs are also under the stricter auth limit.
+    // The account forms: their POSTs are also under the stricter auth limit (as are the
+    // signed-in forms that check a password or send an email, below).
     let auth_forms = Router::new()
         .route("/signup", form(get(auth::signup_form).post(auth::signup)))
         .route("/login", form(get(auth::login_form).post(auth::login)))
@@ -143,11 +144,11 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/pro", user_only(get(billing::pro)))
         .route(
             "/settings/password",
-            user_only(form(post(account::change_password)).layer(auth_rate_limit)),
+            user_only(form(post(account::change_password)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/settings/resend-verification",
-            user_only(form(post(account::resend_verification))),
+            user_only(form(post(account::resend_verification)).layer(auth_rate_limit)),
         );
 
     // What every response goes through, outermost first: the request id, the request span

@@ -11,7 +11,11 @@
 //! message (550–554) marks the email failed and stops; anything else (4xx, no answer, a
 //! refused login) fails the attempt and the job retries with backoff, and the last attempt
 //! marks the email failed.
+//!
+//! Emails anyone can trigger (verification, password reset) go through [`enqueue_capped`]
+//! instead: per recipient, at most one of each kind a minute and ten an hour ([`cap`]).
 
+pub mod cap;
 mod templates;
 
 use std::{str::FromStr as _, time::Duration};
@@ -30,6 +34,7 @@ use crate::{
     jobs::{self, Job, JobContext},
 };
 
+pub use cap::{CapKind, Capped};
 pub use templates::{
     AccessPaused, PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
     PaymentRetriesExhausted, SmtpTest, TrialEnding, VerifyEmail,
@@ -175,10 +180,42 @@ pub async fn enqueue(
     idempotency_key: &str,
     email: &impl Email,
 ) -> anyhow::Result<bool> {
+    insert(conn, mailer, to, idempotency_key, None, email).await
+}
+
+/// [`enqueue`] for an email of a capped `kind`: `Err(Capped)`, and nothing written, when
+/// `to`'s mailbox has had its share ([`cap`]). Call it inside a transaction: the mailbox stays
+/// locked until that ends, so concurrent senders queue one email between them.
+#[tracing::instrument(skip_all, fields(idempotency_key = %idempotency_key, kind = kind.as_str()))]
+pub async fn enqueue_capped(
+    conn: &mut PgConnection,
+    mailer: &Mailer,
+    to: &str,
+    kind: CapKind,
+    idempotency_key: &str,
+    email: &impl Email,
+) -> anyhow::Result<Result<bool, Capped>> {
+    let recipient = cap::recipient_key(to);
+    if let Err(capped) = cap::check(conn, &recipient, kind).await? {
+        return Ok(Err(capped));
+    }
+    let queued = insert(conn, mailer, to, idempotency_key, Some((&recipient, kind)), email).await?;
+    Ok(Ok(queued))
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    mailer: &Mailer,
+    to: &str,
+    idempotency_key: &str,
+    cap: Option<(&str, CapKind)>,
+    email: &impl Email,
+) -> anyhow::Result<bool> {
     let rendered = email.render()?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO emails (idempotency_key, recipient, subject, text_body, html_body, message_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO emails (idempotency_key, recipient, subject, text_body, html_body, message_id,
+                             cap_recipient, cap_kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id",
         idempotency_key,
@@ -187,6 +224,8 @@ pub async fn enqueue(
         rendered.text,
         rendered.html,
         mailer.new_message_id(),
+        cap.map(|(recipient, _)| recipient),
+        cap.map(|(_, kind)| kind.as_str()),
     )
     .fetch_optional(&mut *conn)
     .await

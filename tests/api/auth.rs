@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{StatusCode, header};
 
 use crate::{
+    email_cap::let_time_pass,
     helpers::{TestApp, spawn_app, spawn_app_with, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
     visitor::{Page, Visitor, field_value},
@@ -418,10 +419,7 @@ async fn a_verification_link_works_once_and_not_after_it_expires() {
         .execute(&mut db)
         .await
         .unwrap();
-    sqlx::query("UPDATE auth_tokens SET created_at = now() - interval '2 minutes'")
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let_time_pass(&mut db, 120).await;
     let resent = browser
         .post("/settings/resend-verification", &[("csrf_token", &token)])
         .await;
@@ -747,6 +745,37 @@ async fn auth_posts_are_limited_per_client_but_the_forms_still_show() {
     );
     assert_eq!(browser.get("/login").await.status, StatusCode::OK);
     assert_eq!(browser.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn resend_verification_spends_the_auth_form_budget() {
+    let smtp = FakeSmtp::start(Behaviour::default()).await;
+    let url = smtp.url();
+    let app = spawn_app_with(|env| {
+        env.insert("SMTP_URL", url);
+        env.insert("AUTH_RATE_LIMIT_PER_MINUTE", "3".into());
+    })
+    .await;
+    let mut browser = Visitor::new(&app);
+    sign_up(&mut browser, "una@example.com").await;
+    for _ in 0..2 {
+        let page = browser
+            .submit("/settings", "/settings/resend-verification", &[])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+    }
+    let limited = browser
+        .submit("/settings", "/settings/resend-verification", &[])
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    let login = log_in(&mut Visitor::new(&app), "una@example.com", PASSWORD).await;
+    assert_eq!(
+        login.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one budget with the auth forms"
+    );
+    assert_eq!(browser.get("/settings").await.status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
+    email_cap::let_time_pass,
     helpers::{TestApp, spawn_app_with, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
 };
@@ -799,4 +800,40 @@ async fn without_a_stripe_key_events_of_either_mode_are_applied() {
     billing.deliver(&live).await;
     billing.all_processed().await;
     assert_eq!(billing.customer().await.as_deref(), Some(CUSTOMER));
+}
+
+#[tokio::test]
+async fn billing_emails_are_never_capped() {
+    let billing = Billing::start().await;
+    // The owner's capped emails are used up for the hour: the sign-up's verification email
+    // and nine more, a minute apart.
+    let resend = || async {
+        let (_, _, settings) = billing.page("/settings").await;
+        let token = crate::visitor::field_value(&settings, "csrf_token").unwrap();
+        let response = billing
+            .app
+            .client
+            .post(billing.app.url("/settings/resend-verification"))
+            .header("cookie", &billing.session)
+            .form(&[("csrf_token", token)])
+            .send()
+            .await
+            .unwrap();
+        response.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let mut db = billing.app.database.connect().await;
+    for _ in 0..9 {
+        let_time_pass(&mut db, 61).await;
+        assert_eq!(resend().await, "/settings?notice=verification-sent");
+    }
+    let_time_pass(&mut db, 61).await;
+    assert_eq!(resend().await, "/settings?notice=verification-recent");
+
+    // Dunning and 3-D Secure notices still reach the owner, two within the minute.
+    in_dunning(&billing).await;
+    billing
+        .deliver(&event("", "invoice.payment_action_required"))
+        .await;
+    billing.wait_for_emails("Please confirm your payment", 1).await;
+    assert_eq!(billing.emails(FAILED), 1);
 }

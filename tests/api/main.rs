@@ -7,6 +7,7 @@ mod billing;
 mod browser;
 mod cli;
 mod connections;
+mod email_cap;
 mod fake_stripe;
 mod faults;
 mod headers;
