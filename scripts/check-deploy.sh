@@ -148,7 +148,7 @@ psql "$db_server/postgres" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" 
     BASE_URL=https://example.com \
     DATABASE_URL="$db_server/$database?sslmode=disable" \
     REDIS_URL="$redis_url" \
-    TRUSTED_PROXIES=127.0.0.1/32 \
+    TRUSTED_PROXIES=127.0.0.0/8 \
     RATE_LIMIT_PER_SECOND=1 RATE_LIMIT_BURST=20 \
     AUTH_RATE_LIMIT_PER_MINUTE=1000 \
     "$keel" serve
@@ -242,10 +242,11 @@ big_body_refused() {
 }
 check "POST over 1 MiB: 413" big_body_refused
 
-# nginx is the edge: it overwrites X-Forwarded-For with the peer it sees, and keel trusts only
-# nginx (127.0.0.1). Clients come from their own loopback addresses (curl --interface): A
-# writes a new X-Forwarded-For on each request and still spends one budget (burst 20); B,
-# from another address, is not limited.
+# nginx is the edge: it overwrites X-Forwarded-For with the peer it sees. keel here trusts all
+# of 127.0.0.0/8, the clients' addresses included (as compose's subnet once held its
+# gateway), so only that rule keeps a forged address out: clients come from their own
+# loopback addresses (curl --interface); A writes a new X-Forwarded-For on each request and
+# still spends one budget (burst 20); B, from another address, is not limited.
 per_client_buckets() {
   local i codes="" other
   for i in $(seq 1 25); do
