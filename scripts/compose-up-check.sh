@@ -274,6 +274,7 @@ APP_ENV=production
 BASE_URL=https://example.com
 POSTGRES_PASSWORD=$pg_password
 DATABASE_URL=postgres://keel:$pg_password@postgres:5432/keel
+REDIS_PASSWORD=$(openssl rand -hex 24)
 SECRET_KEY=$(openssl rand -hex 64)
 STRIPE_SECRET_KEY=sk_test_$(openssl rand -hex 12)
 STRIPE_WEBHOOK_SECRET=$webhook_secret
@@ -290,7 +291,7 @@ dc() { (cd "$dir" && "${compose[@]}" "$@"); }
 case $break_kind in
   healthcheck) sed -i 's|pg_isready -U keel -d keel|pg_isready -U keel -d keel -p 5433|' "$dir/docker-compose.prod.yml" ;;
   upstream) sed -i 's|set $keel_app http://app:8080;|set $keel_app http://api:8080;|' "$dir/nginx.conf" ;;
-  env) sed -i '/^ *REDIS_URL: redis:\/\/redis:6379$/d' "$dir/docker-compose.prod.yml" ;;
+  env) sed -i '/^ *REDIS_URL: redis:/d' "$dir/docker-compose.prod.yml" ;;
   deploy)
     cat >"$dir/scripts/deploy.sh" <<'NAIVE'
 #!/usr/bin/env bash
@@ -520,6 +521,30 @@ forged_addresses_share_a_budget() {
   [ "$limited" -gt 0 ]
 }
 check "a forged X-Forwarded-For does not buy a new rate-limit budget" forged_addresses_share_a_budget
+
+# Least privilege: every container drops all capabilities (adding back only what its
+# entrypoint needs) and cannot gain more; the backup container holds the database's
+# credentials but none of keel's other secrets; Redis answers no client without its password.
+least_privilege() {
+  local id name caps opts env
+  for id in $(dc ps -q); do
+    name=$("$docker" inspect --format '{{.Name}}' "$id")
+    caps=$("$docker" inspect --format '{{.HostConfig.CapDrop}}' "$id")
+    opts=$("$docker" inspect --format '{{.HostConfig.SecurityOpt}}' "$id")
+    [[ $caps == *ALL* && $opts == *no-new-privileges* ]] || { echo "$name: cap_drop $caps, security_opt $opts"; return 1; }
+  done
+  env=$("$docker" inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$(dc ps -q backup)")
+  grep -q '^DATABASE_URL=' <<<"$env" || { echo "backup: no DATABASE_URL"; return 1; }
+  if grep -E '^(SECRET_KEY|STRIPE_SECRET_KEY|STRIPE_WEBHOOK_SECRET|SMTP_URL|METRICS_TOKEN)=' <<<"$env"; then
+    echo "backup: holds the secrets above"
+    return 1
+  fi
+  local anonymous
+  anonymous=$(dc exec -T redis env -u REDISCLI_AUTH redis-cli ping 2>&1 || true)
+  echo "redis-cli ping without the password: $anonymous"
+  [[ $anonymous == *NOAUTH* ]]
+}
+check "least privilege: cap_drop ALL and no-new-privileges everywhere, backup without keel's secrets, Redis behind its password" least_privilege
 
 # ---- restart -----------------------------------------------------------------------------------
 step "restart app: the session survives"
