@@ -254,6 +254,7 @@ step "project: deploy files, .env.prod, certificate"
 mkdir -p "$dir/certs" "$dir/acme" "$dir/backups"
 cp docker-compose.prod.yml nginx.conf "$dir/"
 cp -r scripts migrations "$dir/"
+mkdir -p "$dir/deploy" && cp -r deploy/postgres-init "$dir/deploy/"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=example.com \
   -addext subjectAltName=DNS:example.com \
   -keyout "$dir/certs/privkey.pem" -out "$dir/certs/fullchain.pem" 2>/dev/null
@@ -272,7 +273,8 @@ HTTP_PORT=127.0.0.1:$http_port
 HTTPS_PORT=127.0.0.1:$https_port
 APP_ENV=production
 BASE_URL=https://example.com
-POSTGRES_PASSWORD=$pg_password
+POSTGRES_PASSWORD=$(openssl rand -hex 24)
+KEEL_DB_PASSWORD=$pg_password
 DATABASE_URL=postgres://keel:$pg_password@postgres:5432/keel
 REDIS_PASSWORD=$(openssl rand -hex 24)
 SECRET_KEY=$(openssl rand -hex 64)
@@ -539,12 +541,15 @@ least_privilege() {
     echo "backup: holds the secrets above"
     return 1
   fi
+  local superuser
+  superuser=$(psql_keel "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+  [ "$superuser" = f ] || { echo "keel's database role is a superuser"; return 1; }
   local anonymous
   anonymous=$(dc exec -T redis env -u REDISCLI_AUTH redis-cli ping 2>&1 || true)
-  echo "redis-cli ping without the password: $anonymous"
+  echo "keel's role: no superuser; redis-cli ping without the password: $anonymous"
   [[ $anonymous == *NOAUTH* ]]
 }
-check "least privilege: cap_drop ALL and no-new-privileges everywhere, backup without keel's secrets, Redis behind its password" least_privilege
+check "least privilege: cap_drop ALL and no-new-privileges everywhere, backup without keel's secrets, keel's database role no superuser, Redis behind its password" least_privilege
 
 # ---- restart -----------------------------------------------------------------------------------
 step "restart app: the session survives"
@@ -630,7 +635,7 @@ check "backup now: a keel-*.dump in ./backups" backup_now
 drill() {
   local out
   out=$(dc run --rm --entrypoint bash backup -c \
-    'PGPASSWORD="$POSTGRES_PASSWORD" DRILL_DATABASE_SERVER=postgres://keel@postgres:5432 bash /scripts/restore-drill.sh --expect-from "$DATABASE_URL"' 2>&1)
+    'PGPASSWORD="$POSTGRES_PASSWORD" DRILL_DATABASE_SERVER=postgres://postgres@postgres:5432 bash /scripts/restore-drill.sh --expect-from "$DATABASE_URL"' 2>&1)
   [ "$(printf '%s\n' "$out" | tail -n 1)" = RESTORE_OK ] || { printf '%s\n' "$out" | tail -n 5; return 1; }
   printf '%s\n' "$out" | grep -E '^(rows users|live users|drill took)' | tr '\n' ';'
   echo " RESTORE_OK"
@@ -639,7 +644,7 @@ check "restore drill against the compose PostgreSQL: RESTORE_OK" drill
 runbook_matches() {
   # The commands above are the RUNBOOK's, verbatim (but for -p and the project directory).
   grep -qF 'run --rm --entrypoint bash backup /scripts/backup.sh' RUNBOOK.md &&
-    grep -qF "'PGPASSWORD=\"\$POSTGRES_PASSWORD\" DRILL_DATABASE_SERVER=postgres://keel@postgres:5432 bash /scripts/restore-drill.sh --expect-from \"\$DATABASE_URL\"'" RUNBOOK.md &&
+    grep -qF "'PGPASSWORD=\"\$POSTGRES_PASSWORD\" DRILL_DATABASE_SERVER=postgres://postgres@postgres:5432 bash /scripts/restore-drill.sh --expect-from \"\$DATABASE_URL\"'" RUNBOOK.md &&
     grep -qF 'scripts/deploy.sh keel:previous' RUNBOOK.md
 }
 check "RUNBOOK.md states the backup, drill and deploy/rollback commands run here" runbook_matches
