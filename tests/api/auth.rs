@@ -7,20 +7,10 @@ use reqwest::{StatusCode, header};
 
 use crate::{
     email_cap::let_time_pass,
-    helpers::{TestApp, spawn_app, spawn_app_with, wait_until},
+    helpers::{TestApp, spawn_app, spawn_app_with, spawn_app_with_smtp, wait_until},
     smtp_server::{Behaviour, FakeSmtp},
     visitor::{Page, Visitor, field_value},
 };
-
-async fn app_with_smtp() -> (TestApp, FakeSmtp) {
-    let smtp = FakeSmtp::start(Behaviour::default()).await;
-    let url = smtp.url();
-    let app = spawn_app_with(|env| {
-        env.insert("SMTP_URL", url);
-    })
-    .await;
-    (app, smtp)
-}
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -77,7 +67,7 @@ fn emails_to(smtp: &FakeSmtp, to: &str, subject: &str) -> usize {
 
 #[tokio::test]
 async fn sign_up_verify_log_out_log_in_and_see_the_dashboard() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
 
     sign_up(&mut browser, "Alice@Example.com").await;
@@ -137,7 +127,7 @@ async fn sign_up_verify_log_out_log_in_and_see_the_dashboard() {
 
 #[tokio::test]
 async fn pages_behind_login_send_strangers_to_the_login_form_and_back() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     for (path, next) in [
         ("/dashboard", "%2Fdashboard"),
@@ -169,7 +159,7 @@ async fn pages_behind_login_send_strangers_to_the_login_form_and_back() {
 
 #[tokio::test]
 async fn login_never_redirects_off_site() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "carol@example.com").await;
     for next in [
@@ -212,7 +202,7 @@ fn urlencode(raw: &str) -> String {
 
 #[tokio::test]
 async fn a_form_without_the_right_csrf_token_is_refused_and_changes_nothing() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     let form = browser.get("/signup").await;
     let fields = [("email", "mallory@example.com"), ("password", PASSWORD)];
@@ -276,7 +266,7 @@ async fn a_form_without_the_right_csrf_token_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn login_issues_a_new_session_id_whatever_the_browser_had() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut owner = Visitor::new(&app);
     sign_up(&mut owner, "dave@example.com").await;
 
@@ -320,7 +310,7 @@ async fn login_issues_a_new_session_id_whatever_the_browser_had() {
 
 #[tokio::test]
 async fn logout_ends_the_session_on_the_server() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "frank@example.com").await;
     let stolen_cookie = browser.session().unwrap().clone();
@@ -340,7 +330,7 @@ async fn logout_ends_the_session_on_the_server() {
 
 #[tokio::test]
 async fn sessions_end_after_their_idle_and_absolute_limits() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut idle = Visitor::new(&app);
     sign_up(&mut idle, "grace@example.com").await;
     let mut old = Visitor::new(&app);
@@ -396,7 +386,7 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_verification_link_works_once_and_not_after_it_expires() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "heidi@example.com").await;
     let link = emailed_link(
@@ -466,7 +456,7 @@ async fn a_verification_link_works_once_and_not_after_it_expires() {
 
 #[tokio::test]
 async fn a_password_reset_ends_every_session_and_its_link_works_once() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut laptop = Visitor::new(&app);
     sign_up(&mut laptop, "ivan@example.com").await;
     let mut phone = Visitor::new(&app);
@@ -546,7 +536,7 @@ async fn a_password_reset_ends_every_session_and_its_link_works_once() {
 
 #[tokio::test]
 async fn an_expired_reset_link_is_refused() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "judy@example.com").await;
     browser
@@ -599,7 +589,7 @@ fn comparable(page: &Page) -> String {
 
 #[tokio::test]
 async fn nothing_tells_whether_an_email_has_an_account() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut owner = Visitor::new(&app);
     sign_up(&mut owner, "kim@example.com").await;
 
@@ -680,7 +670,7 @@ async fn nothing_tells_whether_an_email_has_an_account() {
 
 #[tokio::test]
 async fn repeated_failures_lock_the_email_whether_or_not_it_exists() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut owner = Visitor::new(&app);
     sign_up(&mut owner, "leo@example.com").await;
 
@@ -780,7 +770,7 @@ async fn resend_verification_spends_the_auth_form_budget() {
 
 #[tokio::test]
 async fn form_errors_come_back_with_422_a_message_per_field_and_the_input_but_never_the_password() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     let secret = "s3cret-not-echoed";
     let page = browser
@@ -842,7 +832,7 @@ async fn form_errors_come_back_with_422_a_message_per_field_and_the_input_but_ne
 
 #[tokio::test]
 async fn html_in_the_input_is_shown_as_text() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     let payload = r#""><script>alert(1)</script>"#;
     let page = browser
@@ -872,7 +862,7 @@ async fn html_in_the_input_is_shown_as_text() {
 
 #[tokio::test]
 async fn changing_the_password_keeps_this_session_and_ends_the_others() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut laptop = Visitor::new(&app);
     sign_up(&mut laptop, "nina@example.com").await;
     let mut phone = Visitor::new(&app);
@@ -904,7 +894,7 @@ async fn changing_the_password_keeps_this_session_and_ends_the_others() {
 
 #[tokio::test]
 async fn malformed_form_bodies_get_a_4xx_and_never_a_5xx() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     let token = browser.get("/signup").await.csrf_token();
     let cookie = browser.cookie_header();
@@ -990,7 +980,7 @@ async fn under_https_the_cookies_are_secure_and_host_only() {
 
 #[tokio::test]
 async fn public_pages_set_no_cookie_until_a_form_needs_one() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     for path in ["/", "/pricing", "/static/missing.css"] {
         let response = app.get(path).await;
         assert!(!response.headers().contains_key(header::SET_COOKIE), "{path}");
@@ -1000,7 +990,7 @@ async fn public_pages_set_no_cookie_until_a_form_needs_one() {
 
 #[tokio::test]
 async fn every_state_changing_route_refuses_a_post_without_a_token() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "olga@example.com").await;
     for path in [
@@ -1054,7 +1044,7 @@ async fn with_redis_down_logins_work_and_are_still_throttled_in_process() {
 #[tokio::test]
 async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     use argon2::password_hash::PasswordHasher as _;
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     sign_up(&mut Visitor::new(&app), "quinn@example.com").await;
     let older = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,
@@ -1088,7 +1078,7 @@ async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
 
 #[tokio::test]
 async fn every_spelling_of_an_address_shares_one_failure_count() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     sign_up(&mut Visitor::new(&app), "rita@example.com").await;
     let mut attacker = Visitor::new(&app);
     for email in [
@@ -1109,7 +1099,7 @@ async fn every_spelling_of_an_address_shares_one_failure_count() {
 
 #[tokio::test]
 async fn a_sent_email_leaves_no_usable_link_in_the_database() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     sign_up(&mut Visitor::new(&app), "sam@example.com").await;
     let link = emailed_link(
         &smtp,
@@ -1142,7 +1132,7 @@ async fn a_sent_email_leaves_no_usable_link_in_the_database() {
 
 #[tokio::test]
 async fn parallel_guesses_cannot_slip_past_the_account_lock() {
-    let (app, _smtp) = app_with_smtp().await;
+    let (app, _smtp) = spawn_app_with_smtp().await;
     sign_up(&mut Visitor::new(&app), "tom@example.com").await;
     // Twelve guesses at once, each from a browser of its own.
     let mut guesses = Vec::new();
@@ -1188,7 +1178,7 @@ fn set_cookie<'p>(page: &'p Page, name: &str) -> &'p str {
 
 #[tokio::test]
 async fn an_emailed_token_leaves_the_url_at_once_and_its_pages_are_neither_cached_nor_referred() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::new(&app);
     sign_up(&mut browser, "uma@example.com").await;
     browser

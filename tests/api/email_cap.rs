@@ -10,8 +10,8 @@ use reqwest::{StatusCode, header};
 use sqlx::PgConnection;
 
 use crate::{
-    helpers::{TestApp, spawn_app_with, wait_until},
-    smtp_server::{Behaviour, FakeSmtp},
+    helpers::{TestApp, spawn_app_with_smtp, wait_until},
+    smtp_server::FakeSmtp,
     visitor::Visitor,
 };
 
@@ -20,16 +20,6 @@ const VERIFY: &str = "Confirm your email address";
 const RESET: &str = "Reset your password";
 const SENT: &str = "/settings?notice=verification-sent";
 const RECENT: &str = "/settings?notice=verification-recent";
-
-async fn app_with_smtp() -> (TestApp, FakeSmtp) {
-    let smtp = FakeSmtp::start(Behaviour::default()).await;
-    let url = smtp.url();
-    let app = spawn_app_with(|env| {
-        env.insert("SMTP_URL", url);
-    })
-    .await;
-    (app, smtp)
-}
 
 /// Moves the timestamps of emails and link tokens `seconds` back: as if that long had passed.
 pub async fn let_time_pass(db: &mut PgConnection, seconds: u32) {
@@ -115,7 +105,7 @@ async fn resend_verification(browser: &mut Visitor<'_>) -> String {
 
 #[tokio::test]
 async fn thirty_parallel_resends_send_one_verification_email() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::signed_up(&app, "ann@example.com", PASSWORD).await;
     let mut db = app.database.connect().await;
     let_time_pass(&mut db, 120).await; // the sign-up's email is old news
@@ -151,7 +141,7 @@ async fn thirty_parallel_resends_send_one_verification_email() {
 
 #[tokio::test]
 async fn twenty_parallel_reset_requests_for_one_address_send_one_email() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     Visitor::signed_up(&app, "bea@example.com", PASSWORD).await;
 
     // Twenty browsers, each with its form open, submit at once.
@@ -178,7 +168,7 @@ async fn twenty_parallel_reset_requests_for_one_address_send_one_email() {
 
 #[tokio::test]
 async fn plus_addressed_spellings_are_one_recipient() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     // Three accounts whose emails all land in cat@example.com: each sign-up works…
     for email in ["cat+1@example.com", "Cat+news@Example.com", "CAT@example.com"] {
         Visitor::signed_up(&app, email, PASSWORD).await;
@@ -207,7 +197,7 @@ async fn plus_addressed_spellings_are_one_recipient() {
 
 #[tokio::test]
 async fn an_eleventh_capped_email_within_the_hour_is_refused() {
-    let (app, smtp) = app_with_smtp().await;
+    let (app, smtp) = spawn_app_with_smtp().await;
     let mut browser = Visitor::signed_up(&app, "dan@example.com", PASSWORD).await; // email 1
     let mut db = app.database.connect().await;
     for n in 2..=10 {

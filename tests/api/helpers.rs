@@ -405,3 +405,14 @@ pub async fn form_token(client: &reqwest::Client, base: &str, path: &str) -> (St
     let token = crate::visitor::field_value(&body, "csrf_token").expect("the form has a token");
     (cookie, token)
 }
+
+/// The app sending its emails to a fake SMTP server of its own.
+pub async fn spawn_app_with_smtp() -> (TestApp, crate::smtp_server::FakeSmtp) {
+    let smtp = crate::smtp_server::FakeSmtp::start(crate::smtp_server::Behaviour::default()).await;
+    let url = smtp.url();
+    let app = spawn_app_with(|env| {
+        env.insert("SMTP_URL", url);
+    })
+    .await;
+    (app, smtp)
+}

@@ -458,6 +458,20 @@ async fn a_failed_attempt_is_retried_with_the_same_idempotency_key() {
     assert_eq!(creates[0].idempotency_key, creates[1].idempotency_key);
 }
 
+/// Delivers `event` to the webhook, signed, and expects it acknowledged.
+async fn deliver(app: &TestApp, event: &str) {
+    let delivered = app
+        .client
+        .post(app.url("/webhooks/stripe"))
+        .header("stripe-signature", signature(event))
+        .header("content-type", "application/json")
+        .body(event.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), StatusCode::OK);
+}
+
 /// The signed `Stripe-Signature` header for `body`, now.
 fn signature(body: &str) -> String {
     let t = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -517,16 +531,7 @@ async fn while_stripe_is_down_pages_answer_fast_and_webhooks_still_ingest() {
     let event = json!({"id": "evt_during_outage", "object": "event", "type": "customer.updated",
                        "created": 1_700_000_000, "livemode": false, "data": {"object": {"id": "cus_x"}}})
     .to_string();
-    let delivered = app
-        .client
-        .post(app.url("/webhooks/stripe"))
-        .header("stripe-signature", signature(&event))
-        .header("content-type", "application/json")
-        .body(event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(delivered.status(), StatusCode::OK);
+    deliver(&app, &event).await;
 
     // Stripe is back: after the cooldown one trial call closes the circuit.
     fake.set_mode(Mode::Normal);
@@ -559,16 +564,7 @@ async fn a_live_mode_event_under_a_test_key_changes_nothing_and_is_marked_proces
                             "created": created, "livemode": true, "data": {"object": subscription}});
     for event in [checkout("evt_live_checkout", true), subscribed] {
         let body = event.to_string();
-        let delivered = app
-            .client
-            .post(app.url("/webhooks/stripe"))
-            .header("stripe-signature", signature(&body))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(delivered.status(), StatusCode::OK);
+        deliver(&app, &body).await;
     }
     wait_for_count(
         &app,
@@ -597,16 +593,7 @@ async fn a_live_mode_event_under_a_test_key_changes_nothing_and_is_marked_proces
 
     // The same checkout in test mode is applied: the mode alone made the difference.
     let body = checkout("evt_test_checkout", false).to_string();
-    let delivered = app
-        .client
-        .post(app.url("/webhooks/stripe"))
-        .header("stripe-signature", signature(&body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(delivered.status(), StatusCode::OK);
+    deliver(&app, &body).await;
     wait_for_count(
         &app,
         "the test-mode event processed",
