@@ -330,16 +330,7 @@ async fn a_checkout_paid_before_its_webhooks_arrive_refuses_another() {
 
     // Once keel knows that subscription, and it has ended, the team may subscribe again.
     let team = team_of(&app, "paid@example.com").await;
-    let mut db = app.database.connect().await;
-    sqlx::query(
-        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
-         VALUES ('sub_paid_moments_ago', $1, 'cus_x', 'canceled', $2, now())",
-    )
-    .bind(team)
-    .bind(PRO)
-    .execute(&mut db)
-    .await
-    .unwrap();
+    store_subscription(&app, team, "sub_paid_moments_ago", "cus_x", "canceled").await;
     let later = owner
         .submit("/billing", "/billing/checkout", &[("plan", "pro")])
         .await;
@@ -379,16 +370,7 @@ async fn checkout_refuses_what_it_must() {
 
     // A team already subscribed changes plans in the portal: a second checkout would charge twice.
     let team = team_of(&app, "careful@example.com").await;
-    let mut db = app.database.connect().await;
-    sqlx::query(
-        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
-         VALUES ('sub_existing', $1, 'cus_existing', 'active', $2, now())",
-    )
-    .bind(team)
-    .bind(PRO)
-    .execute(&mut db)
-    .await
-    .unwrap();
+    store_subscription(&app, team, "sub_existing", "cus_existing", "active").await;
     let twice = owner
         .submit("/billing", "/billing/checkout", &[("plan", "team")])
         .await;
@@ -456,6 +438,23 @@ async fn a_failed_attempt_is_retried_with_the_same_idempotency_key() {
         .collect();
     assert_eq!(creates.len(), 2, "the 500 was retried");
     assert_eq!(creates[0].idempotency_key, creates[1].idempotency_key);
+}
+
+/// A subscription of `team` to the pro plan, as keel would have stored it from Stripe.
+async fn store_subscription(app: &TestApp, team: Uuid, id: &str, customer: &str, status: &str) {
+    let mut db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
+         VALUES ($1, $2, $3, $4, $5, now())",
+    )
+    .bind(id)
+    .bind(team)
+    .bind(customer)
+    .bind(status)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
 }
 
 /// Delivers `event` to the webhook, signed, and expects it acknowledged.
