@@ -465,6 +465,18 @@ pub(crate) mod testing {
 mod tests {
     use super::{testing::Captured, *};
 
+    #[test]
+    fn a_sampled_line_goes_out_once_a_period_and_counts_what_it_held_back() {
+        let sampled = Sampled::new(Duration::from_millis(200));
+        assert_eq!(sampled.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(sampled.allow(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(sampled.allow(), Some(5));
+        assert_eq!(sampled.allow(), None);
+    }
+
     /// Events inside and outside spans, with fields of every kind and text that needs escaping.
     fn emit() {
         let awkward = "a \"quoted\"\nline\twith \\ and \u{1} and é";
