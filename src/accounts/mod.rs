@@ -8,6 +8,7 @@
 pub mod password;
 mod secret_token;
 pub mod sessions;
+pub mod teams;
 pub mod throttle;
 pub mod tokens;
 
@@ -110,17 +111,7 @@ impl Accounts {
             .chars()
             .take(100)
             .collect();
-        let team_id = sqlx::query_scalar!("INSERT INTO teams (name) VALUES ($1) RETURNING id", team_name)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query!(
-            "INSERT INTO memberships (team_id, user_id, role) VALUES ($1, $2, $3)",
-            team_id,
-            user_id,
-            Role::Owner.as_str(),
-        )
-        .execute(&mut *tx)
-        .await?;
+        let team_id = teams::insert_owned_by(&mut tx, user_id, &team_name).await?;
         if let Err(Capped) = self.send_verification(&mut tx, user_id, email.as_str()).await? {
             // Another spelling of this mailbox was just sent one. The account is made all the
             // same; its unused link expires.

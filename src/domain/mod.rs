@@ -38,8 +38,10 @@ mod account;
 mod plan;
 mod role;
 mod subscription_status;
+mod team;
 
 pub use account::{EmailAddress, InvalidEmail, NewPassword, WeakPassword};
 pub use plan::PlanName;
 pub use role::{Role, UnknownRole};
 pub use subscription_status::SubscriptionStatus;
+pub use team::TeamName;

@@ -18,6 +18,7 @@ mod pages;
 pub mod rate_limit;
 pub mod serve;
 pub mod session;
+mod teams;
 mod webhooks;
 
 use std::sync::Arc;
@@ -137,6 +138,9 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
     let signed_in = Router::new()
         .route("/dashboard", user_only(get(account::dashboard)))
         .route("/settings", user_only(get(account::settings)))
+        .route("/teams", user_only(form(get(teams::list).post(teams::create))))
+        .route("/teams/switch", user_only(form(post(teams::switch))))
+        .route("/team", user_only(get(teams::team)))
         .route("/billing", user_only(get(billing::billing)))
         .route("/billing/checkout", user_only(form(post(billing::checkout))))
         .route("/billing/portal", user_only(form(post(billing::portal))))

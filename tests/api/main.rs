@@ -23,5 +23,6 @@ mod rate_limit;
 mod smtp_server;
 mod stripe;
 mod sweep;
+mod teams;
 mod visitor;
 mod webhooks;

@@ -47,6 +47,8 @@ const GET_ROUTES: &[&str] = &[
     "/verify-email",
     "/dashboard",
     "/settings",
+    "/teams",
+    "/team",
     "/billing",
     "/pro",
     "/health",
@@ -64,6 +66,8 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
     ("/reset-password", &["password"]),
     ("/settings/password", &["current_password", "new_password"]),
     ("/settings/resend-verification", &[]),
+    ("/teams", &["name"]),
+    ("/teams/switch", &["team_id"]),
     ("/billing/checkout", &["plan"]),
     ("/billing/portal", &[]),
 ];
