@@ -96,9 +96,6 @@ check "actionlint .github/workflows" "$venv/bin/actionlint" .github/workflows/*.
 check "gixy nginx.conf" "$venv/bin/gixy" nginx.conf
 
 # ---- nginx -t on a local copy ----------------------------------------------------------------
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 app_port=$(free_port)
 http_port=$(free_port)
 https_port=$(free_port)
@@ -179,15 +176,6 @@ tls() { curl -sk --resolve "example.com:$https_port:127.0.0.1" "$@"; }
 status() { tls -o /dev/null -w '%{http_code}' "$@"; }
 wait_for "nginx (https)" "$nginx_pid" tls -f -o /dev/null "$base/health/live" || die "nginx did not start"
 
-# expect WANT COMMAND...: COMMAND prints WANT.
-expect() {
-  local want=$1 got
-  shift
-  got=$("$@") || true
-  if [ "$got" = "$want" ]; then return 0; fi
-  echo "expected '$want', got '$got'"
-  return 1
-}
 check "GET /health through nginx: 200" expect 200 status "$base/health"
 check "HTTP/2 negotiated" expect 2 tls --http2 -o /dev/null -w '%{http_version}' "$base/health/live"
 check "TLS 1.2 accepted" expect 200 status --tlsv1.2 --tls-max 1.2 "$base/health/live"

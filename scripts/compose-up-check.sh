@@ -259,9 +259,6 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=example.com \
   -addext subjectAltName=DNS:example.com \
   -keyout "$dir/certs/privkey.pem" -out "$dir/certs/fullchain.pem" 2>/dev/null
 cp "$dir/certs/fullchain.pem" "$dir/certs/chain.pem"
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 http_port=$(free_port)
 https_port=$(free_port)
 pg_password=$(openssl rand -hex 24)
@@ -389,14 +386,6 @@ fi
 base="https://example.com:$https_port"
 tls() { curl -sk --max-time 15 --resolve "example.com:$https_port:127.0.0.1" "$@"; }
 status() { tls -o /dev/null -w '%{http_code}' "$@"; }
-expect() {
-  local want=$1 got
-  shift
-  got=$("$@") || true
-  if [ "$got" = "$want" ]; then return 0; fi
-  echo "expected '$want', got '$got'"
-  return 1
-}
 
 step "through nginx: /health, signup, login, webhook, /metrics"
 health_passes() {

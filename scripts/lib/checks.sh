@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by the check scripts (scripts/check-*.sh): logging, PASS/FAIL lines with a failure
-# count, and apt-get on demand. Source it after `cd` to the repository root.
+# Shared by the check scripts (scripts/check-*.sh, compose-up-check.sh): logging, PASS/FAIL
+# lines with a failure count, `expect`, a free port, and apt-get on demand. Source it after
+# `cd` to the repository root.
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -26,6 +27,21 @@ check() {
     fail "$name"
     printf '%s\n' "$out" | sed 's/^/      /'
   fi
+}
+
+# expect WANT COMMAND...: COMMAND prints WANT.
+expect() {
+  local want=$1 got
+  shift
+  got=$("$@") || true
+  if [ "$got" = "$want" ]; then return 0; fi
+  echo "expected '$want', got '$got'"
+  return 1
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 apt_updated=false

@@ -7,8 +7,8 @@ use reqwest::{StatusCode, header};
 
 use crate::{
     email_cap::let_time_pass,
-    helpers::{TestApp, spawn_app, spawn_app_with, spawn_app_with_smtp, wait_until},
-    smtp_server::{Behaviour, FakeSmtp},
+    helpers::{TestApp, spawn_app, spawn_app_with, spawn_app_with_smtp, spawn_app_with_smtp_and, wait_until},
+    smtp_server::FakeSmtp,
     visitor::{Page, Visitor, field_value},
 };
 
@@ -706,10 +706,7 @@ async fn repeated_failures_lock_the_email_whether_or_not_it_exists() {
 
 #[tokio::test]
 async fn auth_posts_are_limited_per_client_but_the_forms_still_show() {
-    let smtp = FakeSmtp::start(Behaviour::default()).await;
-    let url = smtp.url();
-    let app = spawn_app_with(|env| {
-        env.insert("SMTP_URL", url);
+    let (app, _smtp) = spawn_app_with_smtp_and(|env| {
         env.insert("AUTH_RATE_LIMIT_PER_MINUTE", "3".into());
     })
     .await;
@@ -739,10 +736,7 @@ async fn auth_posts_are_limited_per_client_but_the_forms_still_show() {
 
 #[tokio::test]
 async fn resend_verification_spends_the_auth_form_budget() {
-    let smtp = FakeSmtp::start(Behaviour::default()).await;
-    let url = smtp.url();
-    let app = spawn_app_with(|env| {
-        env.insert("SMTP_URL", url);
+    let (app, _smtp) = spawn_app_with_smtp_and(|env| {
         env.insert("AUTH_RATE_LIMIT_PER_MINUTE", "3".into());
     })
     .await;
@@ -1001,6 +995,8 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/reset-password?token=x",
         "/settings/password",
         "/settings/resend-verification",
+        "/teams",
+        "/teams/switch",
     ] {
         let page = browser
             .post(path, &[("email", "olga@example.com"), ("password", PASSWORD)])
@@ -1016,10 +1012,7 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
 
 #[tokio::test]
 async fn with_redis_down_logins_work_and_are_still_throttled_in_process() {
-    let smtp = FakeSmtp::start(Behaviour::default()).await;
-    let url = smtp.url();
-    let app = spawn_app_with(|env| {
-        env.insert("SMTP_URL", url);
+    let (app, _smtp) = spawn_app_with_smtp_and(|env| {
         // Nothing listens there: every Redis command fails at once.
         env.insert("REDIS_URL", "redis://127.0.0.1:1".into());
     })

@@ -408,10 +408,18 @@ pub async fn form_token(client: &reqwest::Client, base: &str, path: &str) -> (St
 
 /// The app sending its emails to a fake SMTP server of its own.
 pub async fn spawn_app_with_smtp() -> (TestApp, crate::smtp_server::FakeSmtp) {
+    spawn_app_with_smtp_and(|_| {}).await
+}
+
+/// [`spawn_app_with_smtp`] after `customize` has adjusted the rest of its environment.
+pub async fn spawn_app_with_smtp_and(
+    customize: impl FnOnce(&mut HashMap<&'static str, String>),
+) -> (TestApp, crate::smtp_server::FakeSmtp) {
     let smtp = crate::smtp_server::FakeSmtp::start(crate::smtp_server::Behaviour::default()).await;
     let url = smtp.url();
     let app = spawn_app_with(|env| {
         env.insert("SMTP_URL", url);
+        customize(env);
     })
     .await;
     (app, smtp)

@@ -190,11 +190,8 @@ async fn checkout_sends_the_team_to_stripe_with_one_customer_for_good() {
     assert!(back.body.contains("Your payment went through"), "{}", back.body);
 }
 
-#[tokio::test]
-async fn racing_checkouts_of_a_new_team_make_one_customer() {
-    let fake = FakeStripe::start().await;
-    let app = app_with_stripe(&fake).await;
-    let mut owner = signed_up(&app, "racer@example.com").await;
+/// Six checkouts of the pro plan by `owner` at once (a double click, several tabs).
+async fn racing_checkouts(app: &TestApp, owner: &mut Visitor<'_>) -> Vec<reqwest::Response> {
     let token = owner.get("/billing").await.csrf_token();
     let cookie = owner.cookie_header();
     let checkouts = (0..6).map(|_| {
@@ -204,8 +201,20 @@ async fn racing_checkouts_of_a_new_team_make_one_customer() {
             .form(&[("plan", "pro"), ("csrf_token", &token)])
             .send()
     });
-    for response in join_all(checkouts).await {
-        assert_eq!(response.unwrap().status(), StatusCode::SEE_OTHER);
+    join_all(checkouts)
+        .await
+        .into_iter()
+        .map(|response| response.expect("checkout answered"))
+        .collect()
+}
+
+#[tokio::test]
+async fn racing_checkouts_of_a_new_team_make_one_customer() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_stripe(&fake).await;
+    let mut owner = signed_up(&app, "racer@example.com").await;
+    for response in racing_checkouts(&app, &mut owner).await {
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
     }
     let customers: std::collections::HashSet<_> = fake
         .requests()
@@ -241,18 +250,8 @@ async fn parallel_checkouts_of_one_team_open_at_most_one_checkout_session() {
     let fake = FakeStripe::start().await;
     let app = app_with_stripe(&fake).await;
     let mut owner = signed_up(&app, "double@example.com").await;
-    let token = owner.get("/billing").await.csrf_token();
-    let cookie = owner.cookie_header();
-    let checkouts = (0..6).map(|_| {
-        app.client
-            .post(app.url("/billing/checkout"))
-            .header("cookie", &cookie)
-            .form(&[("plan", "pro"), ("csrf_token", &token)])
-            .send()
-    });
     let mut locations = std::collections::HashSet::new();
-    for response in join_all(checkouts).await {
-        let response = response.unwrap();
+    for response in racing_checkouts(&app, &mut owner).await {
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         locations.insert(response.headers()["location"].to_str().unwrap().to_owned());
     }
