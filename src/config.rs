@@ -123,6 +123,8 @@ pub struct Config {
     pub metrics_token: Option<SecretString>,
     pub rate_limits: RateLimits,
     pub grace_period_days: u32,
+    /// How long a team invitation's link works.
+    pub invitation_ttl: Duration,
     pub log_format: LogFormat,
     /// Per-check timeout of `/health` (SPEC: 1 s).
     pub health_check_timeout: Duration,
@@ -221,6 +223,7 @@ impl Config {
             auth_per_minute: r.positive("AUTH_RATE_LIMIT_PER_MINUTE", defaults::AUTH_RATE_LIMIT_PER_MINUTE),
         };
         let grace_period_days = r.parsed("GRACE_PERIOD_DAYS", "7", "a whole number of days (0 or more)");
+        let invitation_ttl_days = r.positive("INVITATION_TTL_DAYS", 7);
         let log_format = match r.get("LOG_FORMAT").as_deref() {
             None if production => LogFormat::Json,
             None | Some("pretty") => LogFormat::Pretty,
@@ -251,6 +254,7 @@ impl Config {
             metrics_token,
             rate_limits,
             grace_period_days,
+            invitation_ttl: Duration::from_secs(u64::from(invitation_ttl_days) * 24 * 3600),
             log_format,
             health_check_timeout: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(20),
@@ -607,6 +611,7 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(config.rate_limits.burst, 50);
         assert_eq!(config.grace_period_days, 7);
+        assert_eq!(config.invitation_ttl, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert!(config.secret_key.generated);
         assert_eq!(config.secret_key.expose().len(), MIN_SECRET_KEY_BYTES);
@@ -698,6 +703,7 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/8,nginx"),
             ("LOG_FORMAT", "xml"),
             ("GRACE_PERIOD_DAYS", "-1"),
+            ("INVITATION_TTL_DAYS", "0"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_a,secret_b"),
         ]
         .into_iter()
@@ -711,6 +717,7 @@ mod tests {
                 "APP_ENV",
                 "BIND_ADDR",
                 "GRACE_PERIOD_DAYS",
+                "INVITATION_TTL_DAYS",
                 "LOG_FORMAT",
                 "RATE_LIMIT_BURST",
                 "RATE_LIMIT_PER_SECOND",

@@ -5,6 +5,8 @@
 //! session and the email that tells them about it exist together or not at all. Handlers in
 //! `http::auth` parse forms and render pages around it.
 
+pub mod audit;
+pub mod invitations;
 pub mod password;
 mod secret_token;
 pub mod sessions;
@@ -39,6 +41,8 @@ pub struct Accounts {
     mailer: Mailer,
     passwords: Passwords,
     throttle: LoginThrottle,
+    /// How long an invitation's link works (`INVITATION_TTL_DAYS`).
+    invitation_ttl: Duration,
 }
 
 /// The address is already registered (sign-up).
@@ -75,22 +79,26 @@ impl From<HashError> for AppError {
 }
 
 impl Accounts {
-    pub fn new(db: PgPool, mailer: Mailer, cache: Cache) -> Self {
+    pub fn new(db: PgPool, mailer: Mailer, cache: Cache, invitation_ttl: Duration) -> Self {
         Self {
             db,
             mailer,
             passwords: Passwords::new(),
             throttle: LoginThrottle::new(cache),
+            invitation_ttl,
         }
     }
 
     /// Creates the user, their personal team (as owner) and a session, and emails a
-    /// verification link (unless the email cap holds it back: the user can ask again).
+    /// verification link (unless the email cap holds it back: the user can ask again). Signing
+    /// up through a live team invitation for this address (`invitation`, the link's token)
+    /// verifies the address instead: the link reached it.
     pub async fn sign_up(
         &self,
         email: &EmailAddress,
         password: &NewPassword,
         user_agent: Option<&str>,
+        invitation: Option<&SecretToken>,
     ) -> Result<Result<SecretToken, EmailTaken>> {
         // Hash before looking: a taken address costs the same time as a free one.
         let password_hash = self.passwords.hash(password).await?;
@@ -107,12 +115,20 @@ impl Accounts {
         let Some(user_id) = user_id else {
             return Ok(Err(EmailTaken));
         };
-        let team_name: String = format!("{}'s team", email.local_part())
-            .chars()
-            .take(100)
-            .collect();
-        let team_id = teams::insert_owned_by(&mut tx, user_id, &team_name).await?;
-        if let Err(Capped) = self.send_verification(&mut tx, user_id, email.as_str()).await? {
+        let team_id =
+            teams::insert_owned_by(&mut tx, user_id, &teams::personal_team_name(email.as_str())).await?;
+        let invited = match invitation {
+            Some(token) => invitations::vouches_for(&mut tx, token, email.as_str()).await?,
+            None => false,
+        };
+        if invited {
+            sqlx::query!(
+                "UPDATE users SET email_verified_at = now() WHERE id = $1",
+                user_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        } else if let Err(Capped) = self.send_verification(&mut tx, user_id, email.as_str()).await? {
             // Another spelling of this mailbox was just sent one. The account is made all the
             // same; its unused link expires.
             tracing::info!(%user_id, "verification email held back by the email cap");

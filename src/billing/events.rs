@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use super::{stripe::KeyMode, webhooks::ProcessStripeEvent};
 use crate::{
+    accounts::audit::{self, Action, Event},
     domain::{Role, SubscriptionStatus},
     jobs::{Job, JobContext, Permanent},
     mail::{
@@ -355,7 +356,14 @@ impl<'a> SubscriptionFacts<'a> {
 
     /// Stores these facts for `team` as of `at`, unless keel holds a newer state; whether it
     /// stored them.
+    /// A change of status goes into the team's audit log.
     pub async fn store(&self, tx: &mut PgConnection, team: Uuid, at: OffsetDateTime) -> anyhow::Result<bool> {
+        let before = sqlx::query_scalar!(
+            "SELECT status FROM subscriptions WHERE id = $1 FOR UPDATE",
+            self.id
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
         let (statuses, stages) = SubscriptionStatus::stages_sql();
         let stored = sqlx::query!(
             "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
@@ -391,7 +399,18 @@ impl<'a> SubscriptionFacts<'a> {
         )
         .execute(&mut *tx)
         .await?;
-        Ok(stored.rows_affected() > 0)
+        let stored = stored.rows_affected() > 0;
+        if stored && before.as_deref() != Some(self.status) {
+            let detail = match &before {
+                Some(old) => format!("{old} → {}", self.status),
+                None => self.status.to_owned(),
+            };
+            let event = Event::new(Action::SubscriptionStatusChanged)
+                .on(self.id)
+                .detail(&detail);
+            audit::record(tx, team, None, event).await?;
+        }
+        Ok(stored)
     }
 }
 

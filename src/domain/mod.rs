@@ -32,7 +32,7 @@ macro_rules! text_column {
         }
     };
 }
-use text_column;
+pub(crate) use text_column;
 
 mod account;
 mod plan;

@@ -48,6 +48,32 @@ impl Role {
     pub const fn may_manage_billing(self) -> bool {
         matches!(self, Self::Owner)
     }
+
+    /// Sees pending invitations and the audit log; resends and revokes invitations.
+    pub const fn may_manage_invitations(self) -> bool {
+        matches!(self, Self::Owner | Self::Admin)
+    }
+
+    /// Invites someone as `role`: an admin invites members and admins, only an owner invites
+    /// owners.
+    pub const fn may_invite(self, role: Role) -> bool {
+        match self {
+            Self::Owner => true,
+            Self::Admin => !matches!(role, Self::Owner),
+            Self::Member => false,
+        }
+    }
+
+    /// Changes a member's role from `from` to `to`: an owner any role (other owners' too), an
+    /// admin between member and admin.
+    pub const fn may_change_role(self, from: Role, to: Role) -> bool {
+        self.may_invite(from) && self.may_invite(to)
+    }
+
+    /// Removes a member whose role is `theirs`: an owner anyone, an admin members and admins.
+    pub const fn may_remove(self, theirs: Role) -> bool {
+        self.may_invite(theirs)
+    }
 }
 
 impl fmt::Display for Role {
@@ -86,5 +112,31 @@ mod tests {
         assert!(!Role::Admin.may_manage_billing());
         assert!(!Role::Member.may_manage_billing());
         assert_eq!(Role::Admin.in_words(), "Admin");
+    }
+
+    /// SPEC's role table, written out: what each role may do to each other role.
+    #[test]
+    fn the_role_table() {
+        use Role::{Admin, Member, Owner};
+        for (actor, invites, manages_invitations) in [
+            (Owner, &[Owner, Admin, Member][..], true),
+            (Admin, &[Admin, Member][..], true),
+            (Member, &[][..], false),
+        ] {
+            assert_eq!(actor.may_manage_invitations(), manages_invitations, "{actor}");
+            for target in Role::ALL {
+                let allowed = invites.contains(&target);
+                assert_eq!(actor.may_invite(target), allowed, "{actor} invites {target}");
+                assert_eq!(actor.may_remove(target), allowed, "{actor} removes {target}");
+                for to in Role::ALL {
+                    let allowed = allowed && invites.contains(&to);
+                    assert_eq!(
+                        actor.may_change_role(target, to),
+                        allowed,
+                        "{actor}: {target} → {to}"
+                    );
+                }
+            }
+        }
     }
 }

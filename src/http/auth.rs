@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// A redirect that also sets a cookie.
-fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
+pub(super) fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
     ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
 }
 
@@ -50,7 +50,18 @@ struct SignupPage {
     layout: Layout,
     csrf_token: String,
     email: String,
+    next: Option<String>,
     errors: FormErrors,
+}
+
+/// `/signup?email=…&next=…` and `/login?email=…&next=…`: the address filled in and where to
+/// go afterwards (an invitation's links use both).
+#[derive(Deserialize)]
+pub struct AuthQuery {
+    #[serde(default)]
+    email: String,
+    next: Option<String>,
+    notice: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -59,20 +70,23 @@ pub struct SignupForm {
     email: String,
     #[serde(default)]
     password: String,
+    next: Option<String>,
 }
 
 pub async fn signup_form(
     MaybeUser(user): MaybeUser,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<AuthQuery>,
 ) -> Result<Response> {
     if user.is_some() {
-        return Ok(Redirect::to("/dashboard").into_response());
+        return Ok(Redirect::to(safe_next(query.next.as_deref())).into_response());
     }
     Ok(render(&SignupPage {
         layout,
         csrf_token,
-        email: String::new(),
+        email: query.email,
+        next: kept_next(query.next.as_deref()),
         errors: FormErrors::new(),
     })?
     .into_response())
@@ -85,6 +99,8 @@ pub async fn signup(
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<SignupForm>,
 ) -> Result<Response> {
+    // Signing up through an invitation's link (its token waits in a cookie, see `http::teams`).
+    let invitation = link_token(&headers, state.cookies.invite_link);
     let mut errors = FormErrors::new();
     let email = EmailAddress::parse(&form.email)
         .map_err(|problem| errors.add("email", problem.to_string()))
@@ -95,12 +111,12 @@ pub async fn signup(
     if let (Some(email), Some(password)) = (email, password) {
         match state
             .accounts
-            .sign_up(&email, &password, user_agent(&headers))
+            .sign_up(&email, &password, user_agent(&headers), invitation.as_ref())
             .await?
         {
             Ok(session) => {
                 return Ok(redirect_with_cookie(
-                    "/dashboard",
+                    safe_next(form.next.as_deref()),
                     state.cookies.session_cookie(&session),
                 ));
             }
@@ -115,6 +131,7 @@ pub async fn signup(
         layout,
         csrf_token,
         email: form.email,
+        next: kept_next(form.next.as_deref()),
         errors,
     })
 }
@@ -130,12 +147,6 @@ struct LoginPage {
     next: Option<String>,
     notice: Option<&'static str>,
     errors: FormErrors,
-}
-
-#[derive(Deserialize)]
-pub struct LoginQuery {
-    next: Option<String>,
-    notice: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -165,7 +176,7 @@ pub async fn login_form(
     MaybeUser(user): MaybeUser,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
-    Query(query): Query<LoginQuery>,
+    Query(query): Query<AuthQuery>,
 ) -> Result<Response> {
     if user.is_some() {
         return Ok(Redirect::to(safe_next(query.next.as_deref())).into_response());
@@ -173,7 +184,7 @@ pub async fn login_form(
     Ok(render(&LoginPage {
         layout,
         csrf_token,
-        email: String::new(),
+        email: query.email,
         next: kept_next(query.next.as_deref()),
         notice: login_notice(query.notice.as_deref()),
         errors: FormErrors::new(),
@@ -278,7 +289,7 @@ pub struct TokenQuery {
 }
 
 /// How long a link's token waits in its cookie for the page to be used.
-const LINK_COOKIE_LIFETIME: Duration = Duration::from_secs(30 * 60);
+pub(super) const LINK_COOKIE_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// The 303 that takes the token out of the URL, when there is one in it. A token that is not
 /// even well formed clears the cookie, so the page says the link is not valid rather than
@@ -302,26 +313,27 @@ fn token_out_of_url(
 }
 
 /// The token the link's cookie holds.
-fn link_token(headers: &HeaderMap, cookie: &str) -> Option<SecretToken> {
+pub(super) fn link_token(headers: &HeaderMap, cookie: &str) -> Option<SecretToken> {
     cookie_value(headers, cookie).and_then(SecretToken::parse)
 }
 
 /// `response` with the link's cookie removed: the token has been used.
-fn forget_link(state: &AppState, cookie: &'static str, mut response: Response) -> Response {
+pub(super) fn forget_link(state: &AppState, cookie: &'static str, mut response: Response) -> Response {
     response
         .headers_mut()
         .append(header::SET_COOKIE, state.cookies.set_cookie(cookie, "", None));
     response
 }
 
+/// The page of an emailed link that does not work (any kind of link).
 #[derive(Template)]
 #[template(path = "auth/link_problem.html")]
-struct LinkProblemPage {
-    layout: Layout,
-    title: &'static str,
-    message: &'static str,
-    action_href: &'static str,
-    action_label: &'static str,
+pub(super) struct LinkProblemPage {
+    pub layout: Layout,
+    pub title: &'static str,
+    pub message: &'static str,
+    pub action_href: &'static str,
+    pub action_label: &'static str,
 }
 
 /// The 4xx page of a link that no longer works: 410 when it was used or has expired, 400 when

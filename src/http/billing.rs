@@ -16,12 +16,14 @@ use time::OffsetDateTime;
 
 use super::{
     AppState,
+    client_ip::ClientIp,
     csrf::CsrfToken,
     pages::Layout,
     render,
     session::{CurrentUser, NotSignedIn},
 };
 use crate::{
+    accounts::audit::{self, Action, Event},
     billing::{
         checkout::{self, CheckoutRefused, Payer},
         entitlement::Subscription,
@@ -206,6 +208,7 @@ pub struct CheckoutForm {
 pub async fn checkout(
     State(state): State<AppState>,
     user: CurrentUser,
+    client: ClientIp,
     Form(form): Form<CheckoutForm>,
 ) -> Result<Response> {
     let stripe = manager(&state, &user)?;
@@ -224,7 +227,11 @@ pub async fn checkout(
     };
     match checkout::start_checkout(&state.db, stripe, &payer, &price.price_id, &state.config.base_url).await?
     {
-        Ok(url) => Ok(Redirect::to(url.as_str()).into_response()),
+        Ok(url) => {
+            let event = Event::new(Action::CheckoutStarted).on(price.plan.as_str());
+            record(&state, &user, client, event).await?;
+            Ok(Redirect::to(url.as_str()).into_response())
+        }
         Err(CheckoutRefused::AlreadySubscribed) => Err(AppError::Conflict(
             "Your team already has a subscription. Change plans with \"Manage billing\" on the billing page."
                 .to_owned(),
@@ -240,11 +247,20 @@ pub async fn checkout(
 }
 
 /// `POST /billing/portal`: off to Stripe's customer portal (card, plan, invoices, cancel).
-pub async fn portal(State(state): State<AppState>, user: CurrentUser) -> Result<Response> {
+pub async fn portal(State(state): State<AppState>, user: CurrentUser, client: ClientIp) -> Result<Response> {
     let stripe = manager(&state, &user)?;
     let url = checkout::open_portal(&state.db, stripe, user.session.team_id, &state.config.base_url).await?;
+    if url.is_some() {
+        record(&state, &user, client, Event::new(Action::PortalOpened)).await?;
+    }
     // A team that never checked out has nothing to manage yet: show it the plans.
     Ok(Redirect::to(url.as_ref().map_or("/pricing", url::Url::as_str)).into_response())
+}
+
+/// Writes `event`, done by `user`, to their team's audit log.
+async fn record(state: &AppState, user: &CurrentUser, client: ClientIp, event: Event<'_>) -> Result<()> {
+    let mut conn = state.db.acquire().await?;
+    audit::record(&mut conn, user.session.team_id, Some(user.actor(client)), event).await
 }
 
 /// The Stripe client, if this user may manage the team's billing.

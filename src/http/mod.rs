@@ -110,10 +110,15 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/", get(pages::landing))
         .route("/pricing", get(pages::pricing))
         .route("/logout", form(post(auth::logout)))
-        .route("/verify-email", get(auth::verify_email).layer(no_referrer()));
+        .route("/verify-email", get(auth::verify_email).layer(no_referrer()))
+        // The invitation link's page; accepting needs a signed-in user (the handler asks).
+        .route(
+            "/invite",
+            form(get(teams::invitation).post(teams::accept)).layer(no_referrer()),
+        );
 
     // The account forms: their POSTs are also under the stricter auth limit (as are the
-    // signed-in forms that check a password or send an email, below).
+    // signed-in forms that check a password or send an email, below: invitations too).
     let auth_forms = Router::new()
         .route("/signup", form(get(auth::signup_form).post(auth::signup)))
         .route("/login", form(get(auth::login_form).post(auth::login)))
@@ -141,6 +146,28 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/teams", user_only(form(get(teams::list).post(teams::create))))
         .route("/teams/switch", user_only(form(post(teams::switch))))
         .route("/team", user_only(get(teams::team)))
+        .route(
+            "/team/invitations",
+            user_only(form(post(teams::invite)).layer(auth_rate_limit.clone())),
+        )
+        .route(
+            "/team/invitations/{id}/resend",
+            user_only(form(post(teams::resend)).layer(auth_rate_limit.clone())),
+        )
+        .route(
+            "/team/invitations/{id}/revoke",
+            user_only(form(post(teams::revoke))),
+        )
+        .route(
+            "/team/members/{user_id}/role",
+            user_only(form(post(teams::change_role))),
+        )
+        .route(
+            "/team/members/{user_id}/remove",
+            user_only(form(post(teams::remove))),
+        )
+        .route("/team/leave", user_only(form(post(teams::leave))))
+        .route("/team/activity", user_only(get(teams::activity)))
         .route("/billing", user_only(get(billing::billing)))
         .route("/billing/checkout", user_only(form(post(billing::checkout))))
         .route("/billing/portal", user_only(form(post(billing::portal))))

@@ -14,9 +14,9 @@ use axum::{
 };
 use cookie::{Cookie, SameSite};
 
-use super::AppState;
+use super::{AppState, client_ip::ClientIp};
 use crate::{
-    accounts::{SecretToken, Session, sessions},
+    accounts::{SecretToken, Session, audit::Actor, sessions},
     error::AppError,
 };
 
@@ -30,6 +30,7 @@ pub struct CookieNames {
     /// An emailed link's token, between its first `GET` and the page (see `http::auth`).
     pub verify_link: &'static str,
     pub reset_link: &'static str,
+    pub invite_link: &'static str,
     pub secure: bool,
 }
 
@@ -41,6 +42,7 @@ impl CookieNames {
                 csrf: "__Host-keel_csrf",
                 verify_link: "__Host-keel_verify",
                 reset_link: "__Host-keel_reset",
+                invite_link: "__Host-keel_invite",
                 secure,
             }
         } else {
@@ -49,6 +51,7 @@ impl CookieNames {
                 csrf: "keel_csrf",
                 verify_link: "keel_verify",
                 reset_link: "keel_reset",
+                invite_link: "keel_invite",
                 secure,
             }
         }
@@ -107,6 +110,17 @@ pub fn session_token(headers: &HeaderMap, names: &CookieNames) -> Option<SecretT
 pub struct CurrentUser {
     pub session: Session,
     pub token: SecretToken,
+}
+
+impl CurrentUser {
+    /// The user as the team audit log names them, acting from `client`.
+    pub fn actor(&self, client: ClientIp) -> Actor<'_> {
+        Actor {
+            user_id: self.session.user_id,
+            email: &self.session.email,
+            client: client.0,
+        }
+    }
 }
 
 /// The signed-in user, if there is one.

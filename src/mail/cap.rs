@@ -1,7 +1,7 @@
 //! The cap on email to one recipient (SPEC: "Email to one recipient is capped"): the emails
-//! anyone can make keel send to an address (verification, password reset) are limited per
-//! recipient, whatever the number of clients or accounts asking: one of each kind a minute
-//! and [`PER_HOUR`] in all an hour. Spellings that reach one mailbox (case, `+tag`) are one
+//! anyone can make keel send to an address (verification, password reset, team invitation)
+//! are limited per recipient, whatever the number of clients or accounts asking: one of each
+//! kind a minute and [`PER_HOUR`] in all an hour. Spellings that reach one mailbox (case, `+tag`) are one
 //! recipient.
 //!
 //! Checked in the transaction that writes the email to the outbox, under an advisory lock on
@@ -15,11 +15,13 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 
 /// The kinds of capped email, each with its own one-a-minute allowance per recipient.
-/// (Invitations and email changes add a kind here.)
+/// (Email changes add a kind here.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapKind {
     Verification,
     PasswordReset,
+    /// A team invitation: anyone who can make a team can invite any address.
+    Invitation,
 }
 
 impl CapKind {
@@ -28,6 +30,7 @@ impl CapKind {
         match self {
             CapKind::Verification => "verification",
             CapKind::PasswordReset => "password_reset",
+            CapKind::Invitation => "invitation",
         }
     }
 }

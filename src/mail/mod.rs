@@ -37,7 +37,7 @@ use crate::{
 pub use cap::{CapKind, Capped};
 pub use templates::{
     AccessPaused, PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
-    PaymentRetriesExhausted, SmtpTest, TrialEnding, VerifyEmail,
+    PaymentRetriesExhausted, SmtpTest, TeamInvitation, TrialEnding, VerifyEmail,
 };
 
 /// Each SMTP command may take this long before the attempt counts as failed. (No timeout

@@ -86,6 +86,24 @@ email_templates!(
     html: "emails/password_changed/body.html"
 );
 
+/// An invitation to join a team: the link shows it and lets the invitee accept.
+pub struct TeamInvitation {
+    pub team_name: String,
+    /// Who invited them (their address).
+    pub inviter: String,
+    /// The role they will have, in words.
+    pub role: &'static str,
+    pub link: String,
+    pub valid_days: u64,
+}
+
+email_templates!(
+    TeamInvitation,
+    subject: "emails/team_invitation/subject.txt",
+    text: "emails/team_invitation/body.txt",
+    html: "emails/team_invitation/body.html"
+);
+
 /// Dunning: a subscription payment failed and Stripe will try again.
 pub struct PaymentFailed {
     pub billing_link: String,

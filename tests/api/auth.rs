@@ -30,7 +30,7 @@ async fn log_in(visitor: &mut Visitor<'_>, email: &str, password: &str) -> Page 
 }
 
 /// The link to `path` in the latest email to `to` whose subject contains `subject`.
-async fn emailed_link(smtp: &FakeSmtp, to: &str, subject: &str, path: &str) -> String {
+pub async fn emailed_link(smtp: &FakeSmtp, to: &str, subject: &str, path: &str) -> String {
     wait_until(
         &format!("an email '{subject}' to {to}"),
         Duration::from_secs(30),
@@ -58,7 +58,7 @@ async fn emailed_link(smtp: &FakeSmtp, to: &str, subject: &str, path: &str) -> S
     .await
 }
 
-fn emails_to(smtp: &FakeSmtp, to: &str, subject: &str) -> usize {
+pub fn emails_to(smtp: &FakeSmtp, to: &str, subject: &str) -> usize {
     smtp.accepted()
         .iter()
         .filter(|m| m.recipients.iter().any(|r| r == to) && m.data.contains(subject))
@@ -997,6 +997,13 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/settings/resend-verification",
         "/teams",
         "/teams/switch",
+        "/team/invitations",
+        "/team/invitations/00000000-0000-0000-0000-000000000000/resend",
+        "/team/invitations/00000000-0000-0000-0000-000000000000/revoke",
+        "/team/members/00000000-0000-0000-0000-000000000000/role",
+        "/team/members/00000000-0000-0000-0000-000000000000/remove",
+        "/team/leave",
+        "/invite",
     ] {
         let page = browser
             .post(path, &[("email", "olga@example.com"), ("password", PASSWORD)])

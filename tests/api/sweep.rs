@@ -49,6 +49,8 @@ const GET_ROUTES: &[&str] = &[
     "/settings",
     "/teams",
     "/team",
+    "/team/activity",
+    "/invite",
     "/billing",
     "/pro",
     "/health",
@@ -68,12 +70,19 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
     ("/settings/resend-verification", &[]),
     ("/teams", &["name"]),
     ("/teams/switch", &["team_id"]),
+    ("/team/invitations", &["email", "role"]),
+    ("/team/invitations/{id}/resend", &[]),
+    ("/team/invitations/{id}/revoke", &[]),
+    ("/team/members/{user_id}/role", &["role"]),
+    ("/team/members/{user_id}/remove", &[]),
+    ("/team/leave", &[]),
+    ("/invite", &["token"]),
     ("/billing/checkout", &["plan"]),
     ("/billing/portal", &[]),
 ];
 
 /// The query parameters any GET handler reads.
-const QUERY_KEYS: &[&str] = &["next", "notice", "token", "checkout", "plan"];
+const QUERY_KEYS: &[&str] = &["next", "notice", "token", "checkout", "plan", "email", "before"];
 
 /// Deterministic junk.
 struct Rng(StdRng);
