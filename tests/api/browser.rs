@@ -1,9 +1,17 @@
-//! The account flow in real Chromium: `tests/browser/auth_flow.mjs` (playwright-core driving
-//! Debian's `/usr/bin/chromium`) signs up, follows the verification link of the email that
-//! reached the fake SMTP server, logs out, logs in and sees the dashboard, and leaves
-//! screenshots of the landing page, the signup form with an error and the dashboard in
-//! `$CARGO_TARGET_DIR/browser-screenshots/` (or `KEEL_SCREENSHOTS`; the README's copies in
-//! `docs/screenshots/` are refreshed with `KEEL_SCREENSHOTS=docs/screenshots`).
+//! The account and team story in real Chromium: `tests/browser/auth_flow.mjs` (playwright-core
+//! driving Debian's `/usr/bin/chromium`) signs up, follows the verification link of the email
+//! that reached the fake SMTP server, logs out, logs in and sees the dashboard; then creates a
+//! team and invites a new address, and in a second browser context (the invitee, signed out)
+//! follows the emailed invitation link, signs up from it (no verification email: the
+//! invitation vouches for the address) and joins the team, which the owner then sees. It leaves
+//! screenshots of the landing page, the signup form with an error, the dashboard, the
+//! invitation page and the owner's team page in `$CARGO_TARGET_DIR/browser-screenshots/` (or
+//! `KEEL_SCREENSHOTS`; the README's copies in `docs/screenshots/` are refreshed with
+//! `KEEL_SCREENSHOTS=docs/screenshots`).
+//!
+//! The script asks for the emailed links on its stdout (`NEED_LINK <email>` for the
+//! verification link, `NEED_INVITE <email>` for the invitation's) and gets each as one line on
+//! its stdin, read here from the fake SMTP server.
 //!
 //! Needs Chromium and the script's npm packages: `.ci/run` installs both. Without them this
 //! test fails (it never passes without having run the browser).
@@ -26,13 +34,41 @@ const SETUP: &str = "run `bash .ci/run` (it installs them), or \
      `apt-get install -y chromium nodejs npm && (cd tests/browser && npm ci)`";
 /// The address the script signs up with (the test's database is its own, so it is new).
 const EMAIL: &str = "ada@example.com";
+/// The address it invites (new too: the README's screenshots show both).
+const INVITEE: &str = "bo@example.com";
 /// Longer than the script's own limit, so that it reports which step hung; shorter than
 /// nextest's (`.config/nextest.toml`).
 const WHOLE_RUN: Duration = Duration::from_secs(110);
 const VERIFY_PATH: &str = "/verify-email?token=";
 
+/// A link the script asks for with a line `<request><email>`, and the email it comes in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct EmailedLink {
+    request: &'static str,
+    /// The email, for messages.
+    what: &'static str,
+    /// Text that only this kind of email holds (once quoted-printable is undone).
+    holds: &'static str,
+    /// The link's path up to its token.
+    path: &'static str,
+}
+
+const VERIFICATION: EmailedLink = EmailedLink {
+    request: "NEED_LINK ",
+    what: "verification email",
+    holds: VERIFY_PATH,
+    path: VERIFY_PATH,
+};
+
+const INVITATION: EmailedLink = EmailedLink {
+    request: "NEED_INVITE ",
+    what: "invitation email",
+    holds: "invited you to",
+    path: "/invite?token=",
+};
+
 #[tokio::test]
-async fn a_visitor_signs_up_confirms_the_email_logs_out_and_back_in_in_chromium() {
+async fn a_visitor_signs_up_logs_in_and_invites_someone_who_joins_the_team_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scripts = root.join("tests/browser");
     assert!(
@@ -56,20 +92,27 @@ async fn a_visitor_signs_up_confirms_the_email_logs_out_and_back_in_in_chromium(
             ("KEEL_URL", app.address.clone()),
             ("KEEL_SCREENSHOTS", screenshot_dir(root)),
             ("KEEL_EMAIL", EMAIL.to_owned()),
+            ("KEEL_INVITEE", INVITEE.to_owned()),
         ],
     );
     let started = Instant::now();
     let deadline = started + WHOLE_RUN;
+    let mut invitees = Vec::new();
     while let Some(line) = script.next_line(deadline).await {
-        let Some(email) = line.strip_prefix("NEED_LINK ") else {
+        let Some((link, email)) = [VERIFICATION, INVITATION]
+            .into_iter()
+            .find_map(|link| Some((link, line.strip_prefix(link.request)?.trim().to_owned())))
+        else {
             continue;
         };
-        let email = email.trim().to_owned();
-        let path = wait_until("the verification email", Duration::from_secs(30), || {
-            let found = verification_path(&smtp, &email);
+        let path = wait_until(&format!("the {}", link.what), Duration::from_secs(30), || {
+            let found = emailed_path(&smtp, &email, &link);
             async move { found }
         })
         .await;
+        if link == INVITATION {
+            invitees.push(email);
+        }
         // The emailed link starts with BASE_URL, which is not where the test app listens.
         script.send_line(&format!("{}{path}", app.address));
     }
@@ -82,10 +125,17 @@ async fn a_visitor_signs_up_confirms_the_email_logs_out_and_back_in_in_chromium(
         script.stdout.join("\n"),
         script.stderr.lock().unwrap(),
     );
+    assert_eq!(invitees, [INVITEE], "the invitation links the script asked for");
+    // Signing up through the invitation verified the address: no verification email for it.
+    assert!(
+        emailed_path(&smtp, INVITEE, &VERIFICATION).is_err(),
+        "{INVITEE} signed up through an invitation and was still sent a verification email"
+    );
 }
 
-/// `/verify-email?token=…` from the verification email sent to `email`, if it arrived.
-fn verification_path(smtp: &FakeSmtp, email: &str) -> Result<String, String> {
+/// `link.path` and its token (e.g. `/invite?token=…`) from an email to `email` that holds
+/// `link.holds`, if one arrived.
+fn emailed_path(smtp: &FakeSmtp, email: &str, link: &EmailedLink) -> Result<String, String> {
     let accepted = smtp.accepted();
     let to_them: Vec<_> = accepted
         .iter()
@@ -93,20 +143,24 @@ fn verification_path(smtp: &FakeSmtp, email: &str) -> Result<String, String> {
         .collect();
     for message in &to_them {
         let text = decode_quoted_printable(&message.data);
-        let Some(start) = text.find(VERIFY_PATH) else {
+        if !text.contains(link.holds) {
             continue;
+        }
+        let Some(start) = text.find(link.path) else {
+            return Err(format!("no link to {} in the {}:\n{text}", link.path, link.what));
         };
-        let token: String = text[start + VERIFY_PATH.len()..]
+        let token: String = text[start + link.path.len()..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
             .collect();
         if token.is_empty() {
-            return Err(format!("a verification email with an empty token:\n{text}"));
+            return Err(format!("an empty token in the {}:\n{text}", link.what));
         }
-        return Ok(format!("{VERIFY_PATH}{token}"));
+        return Ok(format!("{}{token}", link.path));
     }
     Err(format!(
-        "no verification email to {email} ({} messages to them, {} in all)",
+        "no {} to {email} ({} messages to them, {} in all)",
+        link.what,
         to_them.len(),
         accepted.len()
     ))

@@ -1,16 +1,25 @@
-// The account flow in real Chromium, driven by tests/api/browser.rs (run it with
+// The account and team story in real Chromium, driven by tests/api/browser.rs (run it with
 // `cargo nextest run browser`): sign up (first with a too-short password), confirm the email
-// through the emailed link, log out, log in, and see the dashboard.
+// through the emailed link, log out, log in, and see the dashboard. Then, as that user (the
+// owner): create a team and invite a fresh address as a member. In a second browser context
+// (the invitee: signed out, cookies of its own): open the emailed invitation link, create an
+// account from it (the address comes filled in, and needs no verification email), accept, and
+// land on the team. Last, the owner's team page lists the new member and no pending invitation.
 //
 // Environment:
 //   KEEL_URL          the app, e.g. http://127.0.0.1:3000 (required)
-//   KEEL_SCREENSHOTS  directory for landing.png, signup-error.png, dashboard.png (optional)
+//   KEEL_SCREENSHOTS  directory for landing.png, signup-error.png, dashboard.png, invite.png
+//                     (the invitation page, signed out) and team.png (the owner's team page
+//                     after the invitee joined) (optional)
 //   KEEL_EMAIL        the address to sign up with (default: a fresh one)
+//   KEEL_INVITEE      the address to invite (default: a fresh one)
 //   KEEL_REVIEW_SCREENSHOTS  directory for more screenshots (every page, dark mode, a
 //                     phone's width) and the pages' HTML, to review the design (optional)
 //
 // Protocol on stdio: once signed up, the script prints one line `NEED_LINK <email>` to
-// stdout and reads one line from stdin: the absolute verification URL from the email.
+// stdout and reads one line from stdin: the absolute verification URL from the email. Once
+// it has invited someone, it prints `NEED_INVITE <invitee's email>` and reads one line: the
+// absolute invitation URL from the email to the invitee.
 // Progress goes to stderr. Exit 0 when every step passed, 1 with a message otherwise.
 
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -28,6 +37,9 @@ const review = process.env.KEEL_REVIEW_SCREENSHOTS || null;
 const email = process.env.KEEL_EMAIL || `ada.${Date.now().toString(36)}@example.com`;
 const localPart = email.slice(0, email.lastIndexOf('@'));
 const password = 'correct horse battery staple';
+const teamName = 'Acme Rockets';
+const invitee = process.env.KEEL_INVITEE || `bo.${Date.now().toString(36)}@example.com`;
+const inviteePassword = 'purple monkey dishwasher lamp';
 
 let browser = null;
 let reviewedMissingPage = false;
@@ -135,18 +147,11 @@ async function submit(page, button, action) {
   return response;
 }
 
-async function run() {
-  check(base.startsWith('http'), 'KEEL_URL must be set to the app, e.g. http://127.0.0.1:3000');
-  if (screenshots) mkdirSync(screenshots, { recursive: true });
-  if (review) mkdirSync(review, { recursive: true });
+// A page that breaks its own CSP, misses an asset or throws fails the test.
+const problems = [];
 
-  step = 'launching Chromium';
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox'],
-    timeout: 60_000,
-  });
+// A page in a new browser context: cookies of its own, as another person's browser.
+async function newPage() {
   const context = await browser.newContext({
     baseURL: base,
     viewport: { width: 1280, height: 800 },
@@ -156,9 +161,6 @@ async function run() {
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   context.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
-
-  // A page that breaks its own CSP, misses an asset or throws fails the test.
-  const problems = [];
   page.on('console', (message) => {
     // HTTP errors are judged by the response handler below (a form shown again is a 422).
     if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
@@ -173,6 +175,22 @@ async function run() {
       (status === 404 && reviewedMissingPage && new URL(response.url()).pathname === '/no-such-page');
     if (status >= 400 && !expected) problems.push(`${status} for ${response.request().method()} ${response.url()}`);
   });
+  return page;
+}
+
+async function run() {
+  check(base.startsWith('http'), 'KEEL_URL must be set to the app, e.g. http://127.0.0.1:3000');
+  if (screenshots) mkdirSync(screenshots, { recursive: true });
+  if (review) mkdirSync(review, { recursive: true });
+
+  step = 'launching Chromium';
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox'],
+    timeout: 60_000,
+  });
+  const page = await newPage();
 
   step = 'landing page';
   let response = await page.goto('/');
@@ -246,6 +264,107 @@ async function run() {
   await expectNoText(page, 'Please confirm your email address');
   await screenshot(page, 'dashboard');
   await reviewShot(page, 'dashboard');
+
+  step = 'create a team';
+  response = await page.goto('/teams');
+  check(response?.status() === 200, `GET /teams answered ${response?.status()}`);
+  await expectText(page, `${localPart}'s team`);
+  await reviewShot(page, 'teams');
+  await page.getByLabel('Team name', { exact: true }).fill(teamName);
+  response = await submit(page, page.getByRole('button', { name: 'Create team' }), '/teams');
+  check(response.status() === 303, `POST /teams answered ${response.status()}, not 303`);
+  await expectPath(page, '/team');
+  await expectText(page, teamName);
+  await expectText(page, 'Invite someone');
+
+  step = 'invite someone';
+  const inviteForm = page.locator('form[action="/team/invitations"]');
+  await inviteForm.getByLabel('Email', { exact: true }).fill(invitee);
+  await inviteForm.getByLabel('Role', { exact: true }).selectOption('member');
+  response = await submit(page, inviteForm.getByRole('button', { name: 'Send invitation' }), '/team/invitations');
+  check(response.status() === 303, `POST /team/invitations answered ${response.status()}, not 303`);
+  await expectPath(page, '/team');
+  await expectText(page, 'Invitation sent.');
+  const pending = page.getByRole('listitem').filter({ hasText: invitee });
+  check((await pending.count()) === 1, `the team page lists ${await pending.count()} pending invitations to ${invitee}, not 1`);
+  const pendingText = await pending.innerText();
+  check(pendingText.includes('Member'), `the pending invitation does not say "Member": ${pendingText}`);
+  check((await pending.getByRole('button', { name: 'Resend' }).count()) === 1, 'the pending invitation has no "Resend" button');
+  await reviewShot(page, 'team-invited');
+
+  step = 'waiting for the invitation link';
+  process.stdout.write(`NEED_INVITE ${invitee}\n`);
+  const invitation = (await readLine(LINK_TIMEOUT_MS)).trim();
+  check(/^https?:\/\/.+\/invite\?token=/.test(invitation), `the line on stdin is not an invitation link: "${invitation}"`);
+
+  // The invitee: another browser, signed out.
+  step = 'the invitee opens the invitation link';
+  const guest = await newPage();
+  response = await guest.goto(invitation);
+  check(response?.status() === 200, `the invitation link answered ${response?.status()}`);
+  await expectPath(guest, '/invite');
+  check(!guest.url().includes('token='), `the token stayed in the URL: ${guest.url()}`);
+  await expectText(guest, `Join ${teamName}`);
+  await expectText(guest, `${email} invited ${invitee} to join as Member.`);
+  const signedIn = (await guest.getByRole('button', { name: 'Log out' }).count()) > 0;
+  check(!signedIn, "the invitee's browser is signed in before signing up");
+  await screenshot(guest, 'invite');
+  await reviewShot(guest, 'invite');
+
+  step = 'the invitee signs up from the invitation';
+  const createAccount = guest.getByRole('link', { name: 'Create an account' });
+  const signupHref = new URL(await createAccount.getAttribute('href'), base);
+  check(
+    signupHref.pathname === '/signup' &&
+      signupHref.searchParams.get('email') === invitee &&
+      signupHref.searchParams.get('next') === '/invite',
+    `"Create an account" links to ${signupHref.pathname}${signupHref.search}, not /signup with the invitee's email and next=/invite`,
+  );
+  await createAccount.click();
+  await expectPath(guest, '/signup');
+  const filledIn = await guest.getByLabel('Email', { exact: true }).inputValue();
+  check(filledIn === invitee, `the signup form's email is "${filledIn}", not the invitee's ${invitee}`);
+  await guest.getByLabel('Password', { exact: true }).fill(inviteePassword);
+  response = await submit(guest, guest.getByRole('button', { name: 'Create account' }), '/signup');
+  check(response.status() === 303, `POST /signup from the invitation answered ${response.status()}, not 303`);
+  await expectPath(guest, '/invite');
+  await expectText(guest, `Join ${teamName}`);
+  await reviewShot(guest, 'invite-signed-in');
+
+  step = 'the invitee accepts';
+  response = await submit(guest, guest.getByRole('button', { name: `Accept and join ${teamName}` }), '/invite');
+  check(response.status() === 303, `POST /invite answered ${response.status()}, not 303`);
+  await expectPath(guest, '/team');
+  await expectText(guest, 'Welcome to the team.');
+  await expectText(guest, teamName);
+  for (const [who, shows] of [[email, ['Owner']], [invitee, ['(you)', 'Member']]]) {
+    const row = guest.getByRole('row').filter({ hasText: who });
+    check((await row.count()) === 1, `the invitee's team page lists ${await row.count()} members ${who}, not 1`);
+    const rowText = await row.innerText();
+    for (const text of shows) {
+      check(rowText.includes(text), `the invitee's team page shows "${rowText}" for ${who}, without "${text}"`);
+    }
+  }
+  await reviewShot(guest, 'team-joined');
+
+  step = "the invitee's address is verified";
+  await guest.goto('/settings');
+  await expectPath(guest, '/settings');
+  await expectText(guest, invitee);
+  await expectText(guest, 'Verified');
+  await expectNoText(guest, 'Not verified');
+
+  step = 'the owner sees the new member';
+  response = await page.goto('/team');
+  check(response?.status() === 200, `GET /team answered ${response?.status()}`);
+  const memberRow = page.getByRole('row').filter({ hasText: invitee });
+  check((await memberRow.count()) === 1, `the owner's team page lists ${await memberRow.count()} members ${invitee}, not 1`);
+  const memberRole = await memberRow.getByRole('combobox').inputValue();
+  check(memberRole === 'member', `the owner's team page shows ${invitee} as "${memberRole}", not member`);
+  await expectNoText(page, 'Resend');
+  await expectNoText(page, 'Pending invitations');
+  await screenshot(page, 'team');
+  await reviewShot(page, 'team');
 
   if (review) {
     step = 'review screenshots';
