@@ -377,9 +377,23 @@ status=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -b "$JAR" -c "$JA
 [[ "$status" == 303 ]] || die "signing up the bench user answered $status"
 SESSION_COOKIE=$(awk '$6 == "keel_session" { print $6 "=" $7 }' "$JAR")
 [[ -n "$SESSION_COOKIE" ]] || die "no session cookie after signup"
-status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION_COOKIE" "$KEEL_URL/dashboard")
-[[ "$status" == 200 ]] || die "/dashboard with the session answered $status"
+# As a B2B user: a member of 3 teams, working in one of 50 members (the 49 others written
+# straight into the database: their signups are not what is measured).
+bench_sql "WITH t AS (INSERT INTO teams (name) SELECT 'Bench team ' || n FROM generate_series(1, 2) AS n RETURNING id)
+           INSERT INTO memberships (team_id, user_id, role)
+           SELECT t.id, u.id, 'member' FROM t, users u WHERE u.email = '$BENCH_EMAIL'" >/dev/null
+bench_sql "WITH u AS (INSERT INTO users (email, password_hash)
+                      SELECT 'member' || n || '@example.com', 'not a hash' FROM generate_series(1, 49) AS n RETURNING id)
+           INSERT INTO memberships (team_id, user_id, role)
+           SELECT (SELECT team_id FROM sessions LIMIT 1), u.id, 'member' FROM u" >/dev/null
+for path in /dashboard /team; do
+    status=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION_COOKIE" "$KEEL_URL$path")
+    [[ "$status" == 200 ]] || die "$path with the session answered $status"
+done
+members=$(curl -fsS --max-time 5 -H "Cookie: $SESSION_COOKIE" "$KEEL_URL/team" | grep -c 'class="member-row"')
+[[ "$members" == 50 ]] || die "/team lists $members members, not 50"
 run_wrk dashboard "$KEEL_URL/dashboard" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
+run_wrk team "$KEEL_URL/team" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
 
 # Logins: a wrk script posting the login form (right password: each one hashes and starts a
 # session). The CSRF token is bound to the browser cookie fetched here. Each attempt is
@@ -531,7 +545,7 @@ row() {
 }
 
 FAILED_RUNS="none"
-for key in bare1 root health live bare2 dashboard login health_flood webhook; do
+for key in bare1 root health live bare2 dashboard team login health_flood webhook; do
     if ((NON2XX[$key] + SOCKET_ERRORS[$key] > 0)); then
         [[ "$FAILED_RUNS" == none ]] && FAILED_RUNS="WARNING:"
         FAILED_RUNS+=" $key (${NON2XX[$key]} non-2xx/3xx, ${SOCKET_ERRORS[$key]} socket errors)"
@@ -557,7 +571,8 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     row health keel /health
     row live keel /health/live
     row bare2 bare_hello / '(run 2)'
-    row dashboard keel /dashboard '(signed in)'
+    row dashboard keel /dashboard '(signed in, a member of 3 teams)'
+    row team keel /team '(the owner of 50 members: 50 rows of forms)'
     row login keel 'POST /login' '(argon2id m=19 MiB t=2 p=1)'
     row health_flood keel /health "(while logins flood: ${FLOOD_RPS} logins/s)"
     row webhook keel 'POST /webhooks/stripe' "(distinct signed events: ${WEBHOOK_EPS} stored/s)"

@@ -102,7 +102,7 @@ impl App {
             jobs::schedule(&state.config),
             WorkerConfig::default(),
         )
-        .with_stripe(stripe);
+        .with_stripe(stripe, state.config.stripe.per_seat_prices());
         Ok(Self {
             listener,
             router,

@@ -79,11 +79,34 @@ pub fn absolute_url(base_url: &Url, path: &str) -> String {
     format!("{}{path}", base_url.as_str().trim_end_matches('/'))
 }
 
-/// One entry of `STRIPE_PRICES`: a plan name and the Stripe price it sells.
+/// One entry of `STRIPE_PRICES`: a plan name and the Stripe price it sells
+/// (`team=price_456:per_seat` for a price per member of the team).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanPrice {
     pub plan: PlanName,
     pub price_id: String,
+    /// Sold per seat: the subscription's quantity is the team's member count.
+    pub per_seat: bool,
+}
+
+impl PlanPrice {
+    /// `plan=price_id` or `plan=price_id:per_seat`.
+    fn parse(entry: &str) -> Option<Self> {
+        let (plan, price) = entry.split_once('=')?;
+        let (price, per_seat) = match price.trim().split_once(':') {
+            Some((price, "per_seat")) => (price, true),
+            Some(_) => return None,
+            None => (price.trim(), false),
+        };
+        if price.is_empty() || price.contains(char::is_whitespace) {
+            return None;
+        }
+        Some(Self {
+            plan: PlanName::parse(plan.trim()).ok()?,
+            price_id: price.to_owned(),
+            per_seat,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -94,6 +117,16 @@ pub struct StripeConfig {
     pub webhook_secrets: Vec<SecretString>,
     pub api_base: Url,
     pub prices: Vec<PlanPrice>,
+}
+
+impl StripeConfig {
+    /// The prices sold per seat.
+    pub fn per_seat_prices(&self) -> Vec<String> {
+        (self.prices.iter())
+            .filter(|price| price.per_seat)
+            .map(|price| price.price_id.clone())
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -480,22 +513,16 @@ impl Reader<'_> {
         };
         let mut prices: Vec<PlanPrice> = Vec::new();
         for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let parsed = entry.split_once('=').and_then(|(plan, price)| {
-                let price = price.trim();
-                let plan = PlanName::parse(plan.trim()).ok()?;
-                (!price.is_empty() && !price.contains(char::is_whitespace)).then(|| PlanPrice {
-                    plan,
-                    price_id: price.to_owned(),
-                })
-            });
-            match parsed {
+            match PlanPrice::parse(entry) {
                 Some(p) if prices.iter().any(|q| q.plan == p.plan) => {
                     self.problem("STRIPE_PRICES", format!("plan `{}` is listed twice", p.plan));
                 }
                 Some(p) => prices.push(p),
                 None => self.problem(
                     "STRIPE_PRICES",
-                    format!("`{entry}` is not `plan=price_id` (plan: lower-case letters, digits, - or _)"),
+                    format!(
+                        "`{entry}` is not `plan=price_id` or `plan=price_id:per_seat` (plan: lower-case letters, digits, - or _)"
+                    ),
                 ),
             }
         }
@@ -586,7 +613,7 @@ mod tests {
             ("SECRET_KEY", GOOD_KEY),
             ("STRIPE_SECRET_KEY", "sk_live_hunter2stripe"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_old,whsec_new"),
-            ("STRIPE_PRICES", "pro=price_123,team=price_456"),
+            ("STRIPE_PRICES", "pro=price_123,team=price_456:per_seat"),
             ("SMTP_URL", "smtps://user:hunter2smtp@smtp.example.com:465"),
             ("EMAIL_FROM", "Acme <hello@acme.com>"),
             ("TRUSTED_PROXIES", "172.18.0.0/16, 10.0.0.1"),
@@ -627,6 +654,8 @@ mod tests {
         assert_eq!(config.stripe.webhook_secrets.len(), 2);
         assert_eq!(config.stripe.prices.len(), 2);
         assert_eq!(config.stripe.prices[1].plan.as_str(), "team");
+        assert_eq!(config.stripe.prices[1].price_id, "price_456");
+        assert!(config.stripe.prices[1].per_seat && !config.stripe.prices[0].per_seat);
         assert_eq!(config.trusted_proxies.len(), 2);
         assert!(!config.secret_key.generated);
     }
@@ -699,7 +728,10 @@ mod tests {
             ("BIND_ADDR", "localhost"),
             ("RATE_LIMIT_BURST", "0"),
             ("RATE_LIMIT_PER_SECOND", "many"),
-            ("STRIPE_PRICES", "pro=price_1,Bad Plan=price_2,pro=price_3"),
+            (
+                "STRIPE_PRICES",
+                "pro=price_1,Bad Plan=price_2,pro=price_3,team=price_4:per_user",
+            ),
             ("TRUSTED_PROXIES", "10.0.0.0/8,nginx"),
             ("LOG_FORMAT", "xml"),
             ("GRACE_PERIOD_DAYS", "-1"),
@@ -721,6 +753,7 @@ mod tests {
                 "LOG_FORMAT",
                 "RATE_LIMIT_BURST",
                 "RATE_LIMIT_PER_SECOND",
+                "STRIPE_PRICES",
                 "STRIPE_PRICES",
                 "STRIPE_PRICES",
                 "STRIPE_WEBHOOK_SECRET",

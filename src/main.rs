@@ -193,7 +193,10 @@ async fn worker(config: Config) -> anyhow::Result<()> {
         jobs::schedule(&config),
         jobs::WorkerConfig::default(),
     )
-    .with_stripe(keel::app::stripe_client(&config)?);
+    .with_stripe(
+        keel::app::stripe_client(&config)?,
+        config.stripe.per_seat_prices(),
+    );
     let drain_timeout = config.shutdown_timeout;
     tokio::select! {
         result = worker.run(shutdown.clone()) => result,
@@ -273,7 +276,8 @@ async fn stripe_command(config: Config, command: StripeCommand) -> anyhow::Resul
         StripeCommand::Reconcile => {
             let stripe = keel::app::stripe_client(&config)?
                 .context("STRIPE_SECRET_KEY is not set: there is no Stripe account to reconcile with")?;
-            let summary = keel::billing::reconcile::reconcile(&pool, &stripe).await?;
+            let per_seat = config.stripe.per_seat_prices();
+            let summary = keel::billing::reconcile::reconcile(&pool, &stripe, &per_seat).await?;
             println!("{summary}");
             Ok(())
         }

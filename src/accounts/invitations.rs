@@ -17,6 +17,7 @@ use super::{
     teams::{self, Refused},
 };
 use crate::{
+    billing::seats,
     domain::{EmailAddress, Role},
     error::Result,
     mail::{self, CapKind, Capped, TeamInvitation},
@@ -411,6 +412,7 @@ impl Accounts {
         )
         .execute(&mut *tx)
         .await?;
+        seats::queue(&mut tx, team_id).await?;
         sqlx::query!(
             "UPDATE invitations SET accepted_at = now(), accepted_by = $2 WHERE token_hash = $1",
             token.digest(),

@@ -16,6 +16,7 @@ use super::{
     audit::{self, Action, Actor, Event},
 };
 use crate::{
+    billing::seats,
     domain::{Role, TeamName},
     error::Result,
 };
@@ -237,6 +238,7 @@ pub async fn remove(
     .execute(&mut *tx)
     .await?;
     move_sessions_off(&mut tx, user_id, &email, team_id).await?;
+    seats::queue(&mut tx, team_id).await?;
     let event = if leaving {
         Event::new(Action::MemberLeft)
     } else {

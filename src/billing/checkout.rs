@@ -30,7 +30,10 @@ use url::Url;
 use uuid::Uuid;
 
 use super::stripe::{Patience, Stripe, StripeError};
-use crate::{config::absolute_url, domain::SubscriptionStatus};
+use crate::{
+    config::{PlanPrice, absolute_url},
+    domain::SubscriptionStatus,
+};
 
 /// How long a checkout waits for another checkout of the same team (each makes at most four
 /// calls to Stripe of ~2 s at most, usually far less) before giving up.
@@ -69,16 +72,17 @@ pub enum CheckoutRefused {
     InProgress,
 }
 
-/// Creates a Checkout Session for `price_id` (mode subscription, `client_reference_id` and
+/// Creates a Checkout Session for `price` (mode subscription, `client_reference_id` and
 /// `metadata[team_id]` = the team), or reuses the team's open one for the same price, and
 /// returns the URL to send the browser to.
 pub async fn start_checkout(
     db: &PgPool,
     stripe: &Stripe,
     payer: &Payer<'_>,
-    price_id: &str,
+    price: &PlanPrice,
     base_url: &Url,
 ) -> anyhow::Result<Result<Url, CheckoutRefused>> {
+    let price_id = price.price_id.as_str();
     let mut tx = db.begin().await?;
     let Some(stored_customer) = take_turn(&mut tx, payer.team).await? else {
         return Ok(Err(CheckoutRefused::InProgress));
@@ -103,9 +107,22 @@ pub async fn start_checkout(
         Some(customer) => customer,
         None => create_customer(&mut tx, stripe, payer).await?,
     };
+    // A per-seat plan's quantity is the member count (the team's row is locked: membership
+    // changes wait), then kept so by `seats::SyncSeats`.
+    let quantity = if price.per_seat {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "members!" FROM memberships WHERE team_id = $1"#,
+            payer.team
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .cast_unsigned()
+    } else {
+        1
+    };
     let line_item = CreateCheckoutSessionLineItems {
         price: Some(price_id.to_owned()),
-        quantity: Some(1),
+        quantity: Some(quantity),
         ..CreateCheckoutSessionLineItems::new()
     };
     // Lets the subscription's events find the team even before checkout.session.completed.

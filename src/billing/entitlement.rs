@@ -121,6 +121,7 @@ mod tests {
             .map(|(plan, price_id)| PlanPrice {
                 plan: PlanName::parse(plan).unwrap(),
                 price_id: price_id.to_owned(),
+                per_seat: false,
             })
             .to_vec()
     }

@@ -28,7 +28,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{stripe::KeyMode, webhooks::ProcessStripeEvent};
+use super::{seats, stripe::KeyMode, webhooks::ProcessStripeEvent};
 use crate::{
     accounts::audit::{self, Action, Event},
     domain::{Role, SubscriptionStatus},
@@ -315,6 +315,9 @@ pub(super) struct SubscriptionFacts<'a> {
     /// [`SubscriptionStatus::Unknown`].
     pub status: &'a str,
     pub price_id: Option<&'a str>,
+    /// The item of that price (a per-seat plan's seats are its quantity).
+    pub item_id: Option<&'a str>,
+    pub quantity: Option<i64>,
     pub current_period_end: Option<OffsetDateTime>,
     pub cancel_at_period_end: bool,
     pub trial_end: Option<OffsetDateTime>,
@@ -330,6 +333,11 @@ impl<'a> SubscriptionFacts<'a> {
                 .and_then(Value::as_str)
                 .context("a subscription without a status")?,
             price_id: id_at(subscription, "/items/data/0/price/id"),
+            item_id: id_at(subscription, "/items/data/0/id"),
+            quantity: subscription
+                .pointer("/items/data/0/quantity")
+                .or_else(|| subscription.get("quantity"))
+                .and_then(Value::as_i64),
             current_period_end: time_at(subscription, "/current_period_end")
                 .or_else(|| time_at(subscription, "/items/data/0/current_period_end")),
             cancel_at_period_end: subscription
@@ -348,6 +356,7 @@ impl<'a> SubscriptionFacts<'a> {
             "customer": self.customer,
             "status": self.status,
             "price_id": self.price_id,
+            "quantity": self.quantity,
             "current_period_end": unix(self.current_period_end),
             "cancel_at_period_end": self.cancel_at_period_end,
             "trial_end": unix(self.trial_end),
@@ -367,11 +376,12 @@ impl<'a> SubscriptionFacts<'a> {
         let (statuses, stages) = SubscriptionStatus::stages_sql();
         let stored = sqlx::query!(
             "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, current_period_end,
-                                        cancel_at_period_end, trial_end, state_as_of)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                        cancel_at_period_end, trial_end, state_as_of, item_id, quantity)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $14, $15)
              ON CONFLICT (id) DO UPDATE SET
                  team_id = EXCLUDED.team_id, customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-                 price_id = EXCLUDED.price_id, current_period_end = EXCLUDED.current_period_end,
+                 price_id = EXCLUDED.price_id, item_id = EXCLUDED.item_id, quantity = EXCLUDED.quantity,
+                 current_period_end = EXCLUDED.current_period_end,
                  cancel_at_period_end = EXCLUDED.cancel_at_period_end, trial_end = EXCLUDED.trial_end,
                  state_as_of = EXCLUDED.state_as_of, updated_at = now()
              -- Dunning (payment_failed_at) is left to the invoice events: only the failed
@@ -396,10 +406,16 @@ impl<'a> SubscriptionFacts<'a> {
             statuses,
             stages,
             SubscriptionStatus::Unknown.stage(),
+            self.item_id,
+            self.quantity.and_then(|quantity| i32::try_from(quantity).ok()),
         )
         .execute(&mut *tx)
         .await?;
         let stored = stored.rows_affected() > 0;
+        if stored && before.is_none() {
+            // A new subscription: if its plan is per seat, its quantity follows the members.
+            seats::queue(tx, team).await?;
+        }
         if stored && before.as_deref() != Some(self.status) {
             let detail = match &before {
                 Some(old) => format!("{old} → {}", self.status),
@@ -886,6 +902,8 @@ pub(crate) mod properties {
                 customer: &customer,
                 status: &status,
                 price_id: price_id.as_deref(),
+                item_id: None,
+                quantity: None,
                 current_period_end: unix(period_end),
                 cancel_at_period_end: cancel_at_period_end.unwrap_or(false),
                 trial_end: unix(trial_end),

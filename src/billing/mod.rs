@@ -9,6 +9,7 @@ pub mod entitlement;
 pub mod events;
 pub mod pricing;
 pub mod reconcile;
+pub mod seats;
 pub mod signature;
 pub mod stripe;
 pub mod webhooks;

@@ -8,7 +8,8 @@
 //! still loses. Each repair is written to `billing_audit_log` (before and after) and counted
 //! in `keel_stripe_reconcile_repairs_total{action}`. Dunning columns are left to the invoice
 //! events, and subscriptions Stripe does not list are reported, never deleted (a test-mode key
-//! against a live database lists nothing).
+//! against a live database lists nothing). A per-seat subscription whose quantity in Stripe is
+//! not its team's member count is corrected in Stripe (`seats::sync`), audited as `seats`.
 
 use std::fmt;
 
@@ -19,6 +20,7 @@ use time::OffsetDateTime;
 
 use super::{
     events::{SubscriptionFacts, team_of},
+    seats,
     stripe::{Patience, Stripe},
 };
 use crate::jobs::{Job, JobContext};
@@ -40,19 +42,22 @@ pub struct Summary {
     pub unmatched: u64,
     /// Known to keel, not listed by Stripe.
     pub missing_in_stripe: u64,
+    /// Per-seat subscriptions whose quantity in Stripe was not the member count, now set.
+    pub seats: u64,
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "checked {} subscriptions in Stripe: {} repaired ({} created, {} updated), {} without a team, {} known here but not in Stripe",
+            "checked {} subscriptions in Stripe: {} repaired ({} created, {} updated), {} without a team, {} known here but not in Stripe, {} seat counts corrected",
             self.checked,
             self.created + self.updated,
             self.created,
             self.updated,
             self.unmatched,
             self.missing_in_stripe,
+            self.seats,
         )
     }
 }
@@ -90,7 +95,7 @@ fn to_serde(value: miniserde::json::Value, depth: usize) -> Value {
 }
 
 /// Pages through every subscription in Stripe (`status=all`) and repairs every drift.
-pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> {
+pub async fn reconcile(db: &PgPool, stripe: &Stripe, per_seat_prices: &[String]) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut seen: Vec<String> = Vec::new();
     let mut starting_after: Option<String> = None;
@@ -121,6 +126,13 @@ pub async fn reconcile(db: &PgPool, stripe: &Stripe) -> anyhow::Result<Summary> 
                 Repair::Created => summary.created += 1,
                 Repair::Updated => summary.updated += 1,
                 Repair::NoTeam => summary.unmatched += 1,
+            }
+            if facts
+                .price_id
+                .is_some_and(|price| per_seat_prices.iter().any(|p| p == price))
+                && repair_seats(db, stripe, per_seat_prices, &facts).await?
+            {
+                summary.seats += 1;
             }
         }
         starting_after = subscriptions
@@ -157,7 +169,8 @@ async fn repair(
 ) -> anyhow::Result<Repair> {
     let mut tx = db.begin().await?;
     let local = sqlx::query!(
-        "SELECT team_id, customer_id, status, price_id, current_period_end, cancel_at_period_end, trial_end
+        "SELECT team_id, customer_id, status, price_id, item_id, quantity, current_period_end,
+                cancel_at_period_end, trial_end
          FROM subscriptions WHERE id = $1 FOR UPDATE",
         facts.id
     )
@@ -169,6 +182,8 @@ async fn repair(
             customer: &row.customer_id,
             status: &row.status,
             price_id: row.price_id.as_deref(),
+            item_id: row.item_id.as_deref(),
+            quantity: row.quantity.map(i64::from),
             current_period_end: row.current_period_end,
             cancel_at_period_end: row.cancel_at_period_end,
             trial_end: row.trial_end,
@@ -215,6 +230,40 @@ async fn repair(
     })
 }
 
+/// Sets a per-seat subscription's quantity in Stripe to its team's member count if it is not;
+/// whether it did.
+async fn repair_seats(
+    db: &PgPool,
+    stripe: &Stripe,
+    per_seat_prices: &[String],
+    facts: &SubscriptionFacts<'_>,
+) -> anyhow::Result<bool> {
+    let team = sqlx::query_scalar!("SELECT team_id FROM subscriptions WHERE id = $1", facts.id)
+        .fetch_optional(db)
+        .await?;
+    let Some(team) = team else { return Ok(false) };
+    // One key a day: a rerun the same day replays its call.
+    let tag = format!("reconcile{}", OffsetDateTime::now_utc().date());
+    let in_stripe = Some(facts.quantity.unwrap_or(1));
+    let Some(change) = seats::sync(db, stripe, per_seat_prices, team, in_stripe, &tag).await? else {
+        return Ok(false);
+    };
+    sqlx::query!(
+        "INSERT INTO billing_audit_log (source, action, subscription_id, team_id, before, after)
+         VALUES ('reconcile', 'seats', $1, $2, $3, $4)",
+        change.subscription,
+        team,
+        serde_json::json!({ "quantity": change.before }),
+        serde_json::json!({ "quantity": change.after }),
+    )
+    .execute(db)
+    .await?;
+    metrics::counter!("keel_stripe_reconcile_repairs_total", "action" => "seats").increment(1);
+    tracing::warn!(subscription = %change.subscription, %team, before = ?change.before, after = change.after,
+        "reconciliation corrected a per-seat subscription's quantity");
+    Ok(true)
+}
+
 /// The daily reconciliation (see `jobs::schedule`).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ReconcileSubscriptions;
@@ -229,7 +278,7 @@ impl Job for ReconcileSubscriptions {
             tracing::info!("STRIPE_SECRET_KEY is not set: nothing to reconcile");
             return Ok(());
         };
-        let summary = reconcile(&context.db, stripe).await?;
+        let summary = reconcile(&context.db, stripe, &context.per_seat_prices).await?;
         tracing::info!(%summary, "reconciled subscriptions with Stripe");
         Ok(())
     }

@@ -329,6 +329,18 @@ impl Stripe {
         R: StripeRequest,
         R::Output: miniserde::Deserialize,
     {
+        self.write_as(operation, request, idempotency_key, patience).await
+    }
+
+    /// Sends a request that creates or changes an object, with `idempotency_key` (see
+    /// [`Stripe::create`]), its answer read as `T` rather than async-stripe's type.
+    pub async fn write_as<T: miniserde::Deserialize>(
+        &self,
+        operation: &'static str,
+        request: &impl StripeRequest,
+        idempotency_key: &str,
+        patience: Patience,
+    ) -> Result<T, StripeError> {
         let key =
             IdempotencyKey::new(idempotency_key).map_err(|error| StripeError::Request(error.to_string()))?;
         self.call(operation, request, Some(key), patience).await

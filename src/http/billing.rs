@@ -27,6 +27,7 @@ use crate::{
     billing::{
         checkout::{self, CheckoutRefused, Payer},
         entitlement::Subscription,
+        seats::{self, Seats},
         stripe::Stripe,
     },
     config::Config,
@@ -146,6 +147,8 @@ struct BillingPage {
     plan_name: String,
     /// Failed payments: the date paid access ends, or that it has.
     dunning: Option<Dunning>,
+    /// A per-seat plan's seats.
+    seats: Option<Seats>,
     configured: bool,
     /// Only the owner manages billing; others see the state.
     may_manage: bool,
@@ -185,6 +188,13 @@ pub async fn billing(
         .iter()
         .map(|price| (price.plan.to_string(), price.plan.display_name()))
         .collect();
+    let per_seat_price = (subscription.as_ref())
+        .and_then(|subscription| subscription.price_id.as_deref())
+        .filter(|price| state.config.stripe.per_seat_prices().iter().any(|p| p == price));
+    let seats = match per_seat_price {
+        Some(price) => Some(seats::of_team(&state.db, user.session.team_id, price).await?),
+        None => None,
+    };
     render(&BillingPage {
         layout,
         team_name: user.session.team_name,
@@ -192,6 +202,7 @@ pub async fn billing(
         subscription,
         plan_name,
         dunning,
+        seats,
         configured: state.stripe.is_some(),
         may_manage,
         csrf_token,
@@ -225,8 +236,7 @@ pub async fn checkout(
         team_name: &session.team_name,
         email: &session.email,
     };
-    match checkout::start_checkout(&state.db, stripe, &payer, &price.price_id, &state.config.base_url).await?
-    {
+    match checkout::start_checkout(&state.db, stripe, &payer, price, &state.config.base_url).await? {
         Ok(url) => {
             let event = Event::new(Action::CheckoutStarted).on(price.plan.as_str());
             record(&state, &user, client, event).await?;

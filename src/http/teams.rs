@@ -141,6 +141,8 @@ struct TeamPage {
     csrf_token: String,
     team_name: String,
     your_role: Role,
+    /// Everyone but the last owner.
+    may_leave: bool,
     notice: Option<&'static str>,
     members: Vec<MemberRow>,
     /// Owners and admins only.
@@ -179,12 +181,15 @@ async fn team_page(
 ) -> Result<TeamPage> {
     let session = &user.session;
     let viewer = session.role;
-    let members = teams::members(&state.db, session.team_id)
-        .await?
+    let members = teams::members(&state.db, session.team_id).await?;
+    let owners = members.iter().filter(|m| m.role == Role::Owner).count();
+    // The last owner keeps the role: no form offers to change it.
+    let last_owner = |member: &Member| member.role == Role::Owner && owners == 1;
+    let members = members
         .into_iter()
         .map(|member| {
             let is_you = member.user_id == session.user_id;
-            let role_choices = if viewer.may_change_role(member.role, member.role) {
+            let role_choices = if viewer.may_change_role(member.role, member.role) && !last_owner(&member) {
                 Role::ALL
                     .into_iter()
                     .filter(|to| viewer.may_change_role(member.role, *to))
@@ -210,6 +215,7 @@ async fn team_page(
         csrf_token,
         team_name: session.team_name.clone(),
         your_role: viewer,
+        may_leave: !(viewer == Role::Owner && owners == 1),
         notice: form.notice,
         members,
         invitations,

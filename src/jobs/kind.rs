@@ -32,4 +32,5 @@ job_kinds! {
     ProcessStripeEvent = "stripe.process_event",
     NotifyGraceEnded = "stripe.notify_grace_ended",
     ReconcileSubscriptions = "stripe.reconcile",
+    SyncSeats = "stripe.sync_seats",
 }

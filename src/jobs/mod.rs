@@ -19,7 +19,7 @@ mod schedule;
 mod waker;
 mod worker;
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use crate::{
     accounts::{PurgeExpiredAuth, SendPasswordReset},
     billing::{
-        events::NotifyGraceEnded, reconcile::ReconcileSubscriptions, stripe::Stripe,
+        events::NotifyGraceEnded, reconcile::ReconcileSubscriptions, seats::SyncSeats, stripe::Stripe,
         webhooks::ProcessStripeEvent,
     },
     config::Config,
@@ -78,6 +78,8 @@ pub struct JobContext {
     pub mailer: Mailer,
     /// `None` when billing is not configured (no `STRIPE_SECRET_KEY`).
     pub stripe: Option<Stripe>,
+    /// The prices of `STRIPE_PRICES` sold per seat.
+    pub per_seat_prices: Arc<[String]>,
     pub job_id: JobId,
     /// This run's attempt, from 1.
     pub attempt: i32,
@@ -141,6 +143,7 @@ pub fn registry() -> Registry {
         .register::<ProcessStripeEvent>()
         .register::<NotifyGraceEnded>()
         .register::<ReconcileSubscriptions>()
+        .register::<SyncSeats>()
 }
 
 /// Periodic work keel itself runs. Features add theirs here.

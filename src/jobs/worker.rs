@@ -85,6 +85,7 @@ pub struct Worker {
     db: PgPool,
     mailer: Mailer,
     stripe: Option<Stripe>,
+    per_seat_prices: Arc<[String]>,
     registry: Arc<Registry>,
     schedule: Schedule,
     config: Arc<WorkerConfig>,
@@ -102,6 +103,7 @@ impl Worker {
             db,
             mailer,
             stripe: None,
+            per_seat_prices: Arc::new([]),
             registry: Arc::new(registry),
             schedule,
             config: Arc::new(config),
@@ -109,9 +111,10 @@ impl Worker {
     }
 
     /// The Stripe client jobs reach through [`JobContext::stripe`] (none: billing is not
-    /// configured).
-    pub fn with_stripe(mut self, stripe: Option<Stripe>) -> Self {
+    /// configured), and the prices of `STRIPE_PRICES` sold per seat.
+    pub fn with_stripe(mut self, stripe: Option<Stripe>, per_seat_prices: Vec<String>) -> Self {
         self.stripe = stripe;
+        self.per_seat_prices = per_seat_prices.into();
         self
     }
 
@@ -121,6 +124,7 @@ impl Worker {
             db,
             mailer,
             stripe,
+            per_seat_prices,
             registry,
             schedule,
             config,
@@ -166,6 +170,7 @@ impl Worker {
                                 db: db.clone(),
                                 mailer: mailer.clone(),
                                 stripe: stripe.clone(),
+                                per_seat_prices: Arc::clone(&per_seat_prices),
                                 job_id: job.id,
                                 attempt: job.attempts,
                             };

@@ -133,6 +133,11 @@ impl FakeStripe {
         }
     }
 
+    /// The subscription `id` as the fake holds it now.
+    pub fn subscription(&self, id: &str) -> Option<Value> {
+        self.state().subscriptions.iter().find(|s| s["id"] == id).cloned()
+    }
+
     /// Every Checkout Session created, as Stripe holds it now (`status` open, complete or
     /// expired), in creation order.
     pub fn checkout_sessions(&self) -> Vec<Value> {
@@ -321,6 +326,7 @@ impl State {
                 "subscription",
                 id,
             ),
+            ("POST", ["v1", "subscriptions", id]) => self.update_subscription(id, request),
             (method, _) => {
                 let message = format!("Unrecognized request URL ({method}: {}).", request.path);
                 error(StatusCode::NOT_FOUND, "invalid_request_error", &message)
@@ -398,6 +404,39 @@ impl State {
             "flow": null, "locale": null, "on_behalf_of": null,
         });
         (StatusCode::OK, session)
+    }
+
+    /// The items' quantities (`items[i][id]`, `items[i][quantity]`); like Stripe, an item the
+    /// subscription does not have is refused, and nothing changes.
+    fn update_subscription(&mut self, id: &str, request: &Recorded) -> Answer {
+        let Some(subscription) = self.subscriptions.iter_mut().find(|s| s["id"] == id) else {
+            return no_such(StatusCode::NOT_FOUND, "subscription", id, "id");
+        };
+        let mut updated = subscription.clone();
+        for i in 0.. {
+            let Some(item_id) = request.param(&format!("items[{i}][id]")) else {
+                break;
+            };
+            let items = updated["items"]["data"].as_array_mut();
+            let Some(item) = items.and_then(|items| items.iter_mut().find(|item| item["id"] == item_id))
+            else {
+                let message = format!("Invalid subscription item: {item_id} is not an item of {id}.");
+                return param_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    &format!("items[{i}][id]"),
+                    &message,
+                );
+            };
+            if let Some(quantity) = request.param(&format!("items[{i}][quantity]")) {
+                let Ok(quantity) = quantity.parse::<u64>() else {
+                    return param_error(StatusCode::BAD_REQUEST, None, "quantity", "Invalid integer");
+                };
+                item["quantity"] = quantity.into();
+            }
+        }
+        *subscription = updated.clone();
+        (StatusCode::OK, updated)
     }
 
     /// Stripe's cursor paging, in insertion order: `status` (`all`, one status, or by default

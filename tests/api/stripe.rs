@@ -26,12 +26,17 @@ const PASSWORD: &str = "correct horse battery";
 /// daily job's first run, against the empty fake) is over, so that it cannot take a failure
 /// meant for a test.
 async fn app_with_stripe(fake: &FakeStripe) -> TestApp {
+    app_with_prices(fake, format!("pro={PRO},team={TEAM}")).await
+}
+
+/// [`app_with_stripe`] with `STRIPE_PRICES` = `prices`.
+async fn app_with_prices(fake: &FakeStripe, prices: String) -> TestApp {
     let url = fake.url();
     let app = spawn_app_with(|env| {
         env.insert("STRIPE_SECRET_KEY", SECRET_KEY.into());
         env.insert("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.into());
         env.insert("STRIPE_API_BASE", url);
-        env.insert("STRIPE_PRICES", format!("pro={PRO},team={TEAM}"));
+        env.insert("STRIPE_PRICES", prices);
     })
     .await;
     // Scheduled, and its first attempt over (done, or failed and waiting to retry).
@@ -727,7 +732,7 @@ async fn reconcile_repairs_drift_the_webhooks_never_reported() {
     assert_eq!(code, 0, "{output}");
     assert!(
         output.contains(
-            "checked 103 subscriptions in Stripe: 2 repaired (1 created, 1 updated), 101 without a team, 0 known here but not in Stripe"
+            "checked 103 subscriptions in Stripe: 2 repaired (1 created, 1 updated), 101 without a team, 0 known here but not in Stripe, 0 seat counts corrected"
         ),
         "{output}"
     );
@@ -860,4 +865,267 @@ async fn the_daily_job_reconciles_and_counts_its_repairs() {
         metrics.contains("keel_stripe_reconcile_repairs_total{action=\"created\"}"),
         "{metrics}"
     );
+}
+
+// ---- per-seat plans ----
+
+/// `n` members added to `team` (without the signup form), their ids.
+async fn add_members(app: &TestApp, team: Uuid, prefix: &str, n: usize) -> Vec<Uuid> {
+    let mut db = app.database.connect().await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id: Uuid = sqlx::query_scalar(
+            "WITH u AS (INSERT INTO users (email, password_hash) VALUES ($1, 'not a hash') RETURNING id)
+             INSERT INTO memberships (team_id, user_id, role) SELECT $2, id, 'member' FROM u RETURNING user_id",
+        )
+        .bind(format!("{prefix}{i}@example.com"))
+        .bind(team)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The per-seat subscription `id` of `team` as Stripe holds it, with `quantity` seats.
+fn seat_subscription(id: &str, team: Uuid, quantity: u64) -> Value {
+    let mut subscription = stripe_subscription(id, "cus_seats", "active", TEAM, Some(team));
+    subscription["items"]["data"][0]["quantity"] = quantity.into();
+    subscription
+}
+
+/// Waits until the fake's subscription `id` has `want` seats.
+async fn wait_for_seats(fake: &FakeStripe, id: &str, want: u64) {
+    wait_until(
+        &format!("{want} seats in Stripe"),
+        Duration::from_secs(20),
+        || {
+            let quantity = fake
+                .subscription(id)
+                .map(|s| s["items"]["data"][0]["quantity"].clone());
+            async move {
+                match quantity {
+                    Some(quantity) if quantity == want => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+fn seat_updates(fake: &FakeStripe, id: &str) -> usize {
+    fake.count("POST", &format!("/v1/subscriptions/{id}"))
+}
+
+#[tokio::test]
+async fn a_per_seat_plan_bills_the_member_count_as_members_join_and_leave() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_prices(&fake, format!("pro={PRO},team={TEAM}:per_seat")).await;
+    let mut owner = signed_up(&app, "seats@example.com").await;
+    let team = team_of(&app, "seats@example.com").await;
+    let members = add_members(&app, team, "seat", 2).await;
+
+    // Checkout asks for one seat per member.
+    let page = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "team")])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let requests = fake.requests();
+    let checkout = requests
+        .iter()
+        .find(|r| r.path == "/v1/checkout/sessions")
+        .unwrap();
+    assert_eq!(checkout.param("line_items[0][quantity]"), Some("3"));
+    // A plan that is not per seat: one.
+    let pro = owner
+        .submit("/billing", "/billing/checkout", &[("plan", "pro")])
+        .await;
+    assert_eq!(pro.status, StatusCode::SEE_OTHER);
+    let requests = fake.requests();
+    let last = requests
+        .iter()
+        .rev()
+        .find(|r| r.path == "/v1/checkout/sessions")
+        .unwrap();
+    assert_eq!(last.param("line_items[0][quantity]"), Some("1"));
+
+    // The subscription arrives with 3 seats; /billing shows them.
+    fake.put_subscription(seat_subscription("sub_seats", team, 3));
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    let event = json!({"id": "evt_seats", "object": "event", "type": "customer.subscription.created",
+                       "created": created, "livemode": false,
+                       "data": {"object": seat_subscription("sub_seats", team, 3)}});
+    deliver(&app, &event.to_string()).await;
+    wait_for_count(
+        &app,
+        "the subscription stored",
+        "SELECT count(*) FROM subscriptions WHERE quantity = 3",
+        1,
+    )
+    .await;
+    let billing = owner.get("/billing").await;
+    assert!(
+        billing.body.contains("<dt>Seats</dt><dd>3</dd>"),
+        "{}",
+        billing.body
+    );
+    // The team's audit log has the checkouts (by the owner, from their address) and Stripe's news.
+    let mut db = app.database.connect().await;
+    let audit: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws(' ', action, subject, detail, actor_email, host(client_ip))
+         FROM team_audit_log WHERE team_id = $1 ORDER BY id",
+    )
+    .bind(team)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        audit,
+        [
+            "billing.checkout_started team seats@example.com 127.0.0.1",
+            "billing.checkout_started pro seats@example.com 127.0.0.1",
+            "subscription.status_changed sub_seats active",
+        ]
+    );
+
+    // A removal: 2 seats within seconds, through one update with an idempotency key.
+    let before = seat_updates(&fake, "sub_seats");
+    let removed = owner
+        .submit("/team", &format!("/team/members/{}/remove", members[0]), &[])
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    wait_for_seats(&fake, "sub_seats", 2).await;
+    let requests = fake.requests();
+    let update = requests
+        .iter()
+        .rev()
+        .find(|r| r.path == "/v1/subscriptions/sub_seats")
+        .unwrap();
+    assert_eq!(update.param("items[0][id]"), Some("si_sub_seats"));
+    assert!(
+        update
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with("keel-seats-sub_seats-2-"))
+    );
+    assert!(seat_updates(&fake, "sub_seats") > before);
+
+    // A join through an invitation: 3 again.
+    let token = "InviteTokenForTheSeatTest0123456789abcdefgh";
+    sqlx::query(
+        "INSERT INTO invitations (team_id, email, role, token_hash, expires_at)
+         VALUES ($1, 'joiner@example.com', 'member', sha256($2::bytea), now() + interval '1 day')",
+    )
+    .bind(team)
+    .bind(token.as_bytes())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let mut joiner = signed_up(&app, "joiner@example.com").await;
+    let csrf = joiner.get("/teams").await.csrf_token();
+    let joined = joiner
+        .post("/invite", &[("token", token), ("csrf_token", &csrf)])
+        .await;
+    assert_eq!(joined.status, StatusCode::SEE_OTHER, "{}", joined.body);
+    wait_for_seats(&fake, "sub_seats", 3).await;
+
+    // Ten members leave at once: one or two updates, and the count is right.
+    let crowd = add_members(&app, team, "crowd", 10).await;
+    wait_for_count(
+        &app,
+        "no seat job left",
+        "SELECT count(*) FROM jobs WHERE kind = 'stripe.sync_seats'",
+        0,
+    )
+    .await;
+    let before = seat_updates(&fake, "sub_seats");
+    let mut leavers = Vec::new();
+    for (i, id) in crowd.iter().enumerate() {
+        // Each crowd member's session, made directly: the burst is the point, not ten logins.
+        let mut visitor = Visitor::new(&app);
+        let session = format!("CrowdSessionToken{i:026}");
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, team_id, expires_at) VALUES (sha256($1::bytea), $2, $3, now() + interval '1 day')",
+        )
+        .bind(session.as_bytes())
+        .bind(id)
+        .bind(team)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        visitor.cookies.insert("keel_session".into(), session);
+        let csrf = visitor.get("/team").await.csrf_token();
+        leavers.push((visitor, csrf));
+    }
+    let started = Instant::now();
+    let leaving = leavers.iter_mut().map(|(visitor, csrf)| async move {
+        visitor
+            .post("/team/leave", &[("csrf_token", csrf.as_str())])
+            .await
+    });
+    let answers = join_all(leaving).await;
+    assert!(answers.iter().all(|page| page.status == StatusCode::SEE_OTHER));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the burst took {:?}",
+        started.elapsed()
+    );
+    wait_for_seats(&fake, "sub_seats", 3).await;
+    wait_for_count(
+        &app,
+        "the seat jobs done",
+        "SELECT count(*) FROM jobs WHERE kind = 'stripe.sync_seats'",
+        0,
+    )
+    .await;
+    let calls = seat_updates(&fake, "sub_seats") - before;
+    assert!((1..=2).contains(&calls), "{calls} updates for ten departures");
+    let requests = fake.requests();
+    let last = requests
+        .iter()
+        .rev()
+        .find(|r| r.path == "/v1/subscriptions/sub_seats")
+        .unwrap();
+    assert_eq!(last.param("items[0][quantity]"), Some("3"));
+}
+
+#[tokio::test]
+async fn reconcile_sets_a_drifted_seat_count_and_audits_it() {
+    let fake = FakeStripe::start().await;
+    let app = app_with_prices(&fake, format!("team={TEAM}:per_seat")).await;
+    let _owner = signed_up(&app, "drifty@example.com").await;
+    let team = team_of(&app, "drifty@example.com").await;
+    add_members(&app, team, "drift", 1).await;
+    // Stripe bills 7 seats for a team of 2 (someone changed it by hand in the dashboard).
+    fake.put_subscription(seat_subscription("sub_drift_seats", team, 7));
+    let mut db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, item_id, quantity, state_as_of)
+         VALUES ('sub_drift_seats', $1, 'cus_seats', 'active', $2, 'si_sub_drift_seats', 7, now())",
+    )
+    .bind(team)
+    .bind(TEAM)
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let mut env = cli_env(&app, &fake);
+    env.push(("STRIPE_PRICES", format!("team={TEAM}:per_seat")));
+    let (code, output) = run_keel_async(&["stripe", "reconcile"], env.clone()).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("1 seat counts corrected"), "{output}");
+    wait_for_seats(&fake, "sub_drift_seats", 2).await;
+    let audit: (Value, Value) = sqlx::query_as(
+        "SELECT before, after FROM billing_audit_log WHERE action = 'seats' AND subscription_id = 'sub_drift_seats'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(audit, (json!({"quantity": 7}), json!({"quantity": 2})));
+    // Right now: a second run corrects nothing.
+    let (code, output) = run_keel_async(&["stripe", "reconcile"], env).await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("0 seat counts corrected"), "{output}");
 }

@@ -831,7 +831,11 @@ async fn a_team_never_loses_its_last_owner() {
     ] {
         let page = yara.submit("/team", &path, &fields).await;
         assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
-        assert!(page.body.contains("A team needs an owner"), "{}", page.body);
+        assert!(
+            page.body.contains(r#"role="alert">A team needs an owner"#),
+            "{}",
+            page.body
+        );
     }
 
     // Two owners each stepping down at once: the second is the last owner then.
