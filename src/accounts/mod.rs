@@ -9,6 +9,7 @@ pub mod audit;
 pub mod invitations;
 pub mod password;
 mod secret_token;
+pub mod security;
 pub mod sessions;
 pub mod teams;
 pub mod throttle;
@@ -23,7 +24,7 @@ use uuid::Uuid;
 pub use self::{
     password::{HashError, Passwords},
     secret_token::SecretToken,
-    sessions::Session,
+    sessions::{Device, Session},
     throttle::{AccountKey, LoginThrottle},
     tokens::{LinkProblem, Purpose},
 };
@@ -97,7 +98,7 @@ impl Accounts {
         &self,
         email: &EmailAddress,
         password: &NewPassword,
-        user_agent: Option<&str>,
+        device: Device<'_>,
         invitation: Option<&SecretToken>,
     ) -> Result<Result<SecretToken, EmailTaken>> {
         // Hash before looking: a taken address costs the same time as a free one.
@@ -133,7 +134,8 @@ impl Accounts {
             // same; its unused link expires.
             tracing::info!(%user_id, "verification email held back by the email cap");
         }
-        let session = sessions::create(&mut tx, user_id, team_id, user_agent).await?;
+        let session =
+            sessions::create(&mut tx, user_id, team_id, device, security::Event::AccountCreated).await?;
         tx.commit().await?;
         tracing::info!(%user_id, "account created");
         Ok(Ok(session))
@@ -147,7 +149,7 @@ impl Accounts {
         &self,
         email: &EmailAddress,
         password: &str,
-        user_agent: Option<&str>,
+        device: Device<'_>,
         client: IpAddr,
     ) -> Result<Login> {
         let user = sqlx::query!(
@@ -181,7 +183,14 @@ impl Accounts {
             self.upgrade_hash(user.id, &user.password_hash, password).await?;
         }
         let mut conn = self.db.acquire().await?;
-        let session = sessions::create(&mut conn, user.id, user.team_id, user_agent).await?;
+        let session = sessions::create(
+            &mut conn,
+            user.id,
+            user.team_id,
+            device,
+            security::Event::SignedIn,
+        )
+        .await?;
         tracing::info!(user_id = %user.id, "signed in");
         Ok(Login::SignedIn(session))
     }
@@ -303,7 +312,8 @@ impl Accounts {
             Ok(owner) => owner,
             Err(problem) => return Ok(Err(problem)),
         };
-        self.replace_password(&mut tx, owner.user_id, &password_hash, None)
+        let event = (security::Event::PasswordReset, None);
+        self.replace_password(&mut tx, owner.user_id, &password_hash, None, event)
             .await?;
         tokens::revoke_all(&mut tx, Purpose::ResetPassword, owner.user_id).await?;
         tx.commit().await?;
@@ -338,8 +348,15 @@ impl Accounts {
         self.throttle.succeeded(&account, client).await;
         let password_hash = self.passwords.hash(new_password).await?;
         let mut tx = self.db.begin().await?;
-        self.replace_password(&mut tx, session.user_id, &password_hash, Some(current_session))
-            .await?;
+        let event = (security::Event::PasswordChanged, Some(client));
+        self.replace_password(
+            &mut tx,
+            session.user_id,
+            &password_hash,
+            Some(current_session),
+            event,
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(user_id = %session.user_id, "password changed");
         Ok(Ok(()))
@@ -351,6 +368,7 @@ impl Accounts {
         user_id: Uuid,
         password_hash: &str,
         keep_session: Option<&SecretToken>,
+        (event, client): (security::Event, Option<IpAddr>),
     ) -> Result<()> {
         let email = sqlx::query_scalar!(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 RETURNING email",
@@ -360,6 +378,7 @@ impl Accounts {
         .fetch_one(&mut *conn)
         .await?;
         let ended = sessions::delete_all_of_user(conn, user_id, keep_session).await?;
+        security::record(conn, user_id, event, client).await?;
         tracing::info!(%user_id, ended, "ended the other sessions");
         let notice = PasswordChanged {
             address: email.clone(),

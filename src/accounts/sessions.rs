@@ -6,13 +6,13 @@
 //! A session ends when it is deleted (logout, password change), after `IDLE_TIMEOUT` without
 //! a request, or `ABSOLUTE_TIMEOUT` after login, whichever comes first.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::SecretToken;
+use super::{SecretToken, security};
 use crate::{
     billing::entitlement::Subscription,
     domain::{Role, SubscriptionStatus},
@@ -39,23 +39,40 @@ pub struct Session {
     pub subscription: Option<Subscription>,
 }
 
-/// Starts a session for `user_id` working in `team_id`; the token goes into the cookie.
+/// The browser a session starts in: what `/settings/sessions` shows of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Device<'a> {
+    pub user_agent: Option<&'a str>,
+    pub client: IpAddr,
+}
+
+/// Starts a session for `user_id` working in `team_id` on `device`, and records `event` (the
+/// sign-in) in the user's security log in the same statement; the token goes into the cookie.
 pub async fn create(
     conn: &mut PgConnection,
     user_id: Uuid,
     team_id: Uuid,
-    user_agent: Option<&str>,
+    device: Device<'_>,
+    event: security::Event,
 ) -> Result<SecretToken> {
     let token = SecretToken::generate();
-    let user_agent = user_agent.map(|ua| ua.chars().take(256).collect::<String>());
+    let user_agent = device
+        .user_agent
+        .map(|ua| ua.chars().take(256).collect::<String>());
     sqlx::query!(
-        "INSERT INTO sessions (id_hash, user_id, team_id, expires_at, user_agent)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)",
+        "WITH session AS (
+             INSERT INTO sessions (id_hash, user_id, team_id, expires_at, user_agent, client_ip)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5, $6::text::inet)
+             RETURNING user_id, client_ip
+         )
+         INSERT INTO security_log (user_id, event, client_ip) SELECT user_id, $7, client_ip FROM session",
         token.digest(),
         user_id,
         team_id,
         ABSOLUTE_TIMEOUT.as_secs_f64(),
         user_agent,
+        device.client.to_string(),
+        event.as_str(),
     )
     .execute(conn)
     .await?;

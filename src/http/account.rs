@@ -4,10 +4,12 @@
 use askama::Template;
 use axum::{
     Form,
-    extract::{Query, State},
+    extract::{Path, Query, State},
+    http::header,
     response::{Html, IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
+use uuid::Uuid;
 
 use super::{
     AppState, billing,
@@ -19,7 +21,10 @@ use super::{
     session::CurrentUser,
 };
 use crate::{
-    accounts::PasswordChangeRefused,
+    accounts::{
+        PasswordChangeRefused,
+        security::{self, SessionRow},
+    },
     domain::{NewPassword, Role},
     error::{AppError, Result},
 };
@@ -163,4 +168,74 @@ pub async fn resend_verification(State(state): State<AppState>, user: CurrentUse
         "verification-recent"
     };
     Ok(Redirect::to(&format!("/settings?notice={notice}")))
+}
+
+// ---- sessions and the security log ----
+
+/// Entries of the security log `/settings/sessions` shows.
+const SECURITY_LOG_SHOWN: i64 = 50;
+
+#[derive(Template)]
+#[template(path = "account/sessions.html")]
+struct SessionsPage {
+    layout: Layout,
+    csrf_token: String,
+    notice: Option<&'static str>,
+    sessions: Vec<SessionRow>,
+    log: Vec<security::Entry>,
+}
+
+fn sessions_notice(key: Option<&str>) -> Option<&'static str> {
+    match key? {
+        "revoked" => Some("That session is signed out."),
+        "revoked-others" => Some("Every other session is signed out."),
+        _ => None,
+    }
+}
+
+pub async fn sessions(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<SettingsQuery>,
+) -> Result<Html<String>> {
+    let user_id = user.session.user_id;
+    render(&SessionsPage {
+        layout,
+        csrf_token,
+        notice: sessions_notice(query.notice.as_deref()),
+        sessions: security::sessions_of(&state.db, user_id, &user.token).await?,
+        log: security::recent(&state.db, user_id, SECURITY_LOG_SHOWN).await?,
+    })
+}
+
+/// `POST /settings/sessions/{id}/revoke`: ends one of the user's sessions; their own current
+/// one signs them out here.
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
+    let revoked = security::revoke(&state.db, user.session.user_id, id, &user.token, client.0).await?;
+    match revoked {
+        None => Err(AppError::NotFound),
+        Some(true) => Ok((
+            [(header::SET_COOKIE, state.cookies.remove_session_cookie())],
+            Redirect::to("/login"),
+        )
+            .into_response()),
+        Some(false) => Ok(Redirect::to("/settings/sessions?notice=revoked").into_response()),
+    }
+}
+
+pub async fn revoke_other_sessions(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+) -> Result<Redirect> {
+    security::revoke_others(&state.db, user.session.user_id, &user.token, client.0).await?;
+    Ok(Redirect::to("/settings/sessions?notice=revoked-others"))
 }

@@ -26,7 +26,7 @@ use super::{
     session::{MaybeUser, cookie_value, safe_next, session_token},
 };
 use crate::{
-    accounts::{EmailTaken, LinkProblem, Login, SecretToken},
+    accounts::{Device, EmailTaken, LinkProblem, Login, SecretToken},
     domain::{EmailAddress, NewPassword},
     error::Result,
 };
@@ -36,10 +36,14 @@ pub(super) fn redirect_with_cookie(to: &str, cookie: HeaderValue) -> Response {
     ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
 }
 
-fn user_agent(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|value| value.to_str().ok())
+/// The browser of a request, as a new session records it.
+fn device(headers: &HeaderMap, client: ClientIp) -> Device<'_> {
+    Device {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok()),
+        client: client.0,
+    }
 }
 
 // ---- sign up ----
@@ -95,12 +99,14 @@ pub async fn signup_form(
 pub async fn signup(
     State(state): State<AppState>,
     headers: HeaderMap,
+    client: ClientIp,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
     Form(form): Form<SignupForm>,
 ) -> Result<Response> {
     // Signing up through an invitation's link (its token waits in a cookie, see `http::teams`).
     let invitation = link_token(&headers, state.cookies.invite_link);
+    let device = device(&headers, client);
     let mut errors = FormErrors::new();
     let email = EmailAddress::parse(&form.email)
         .map_err(|problem| errors.add("email", problem.to_string()))
@@ -111,7 +117,7 @@ pub async fn signup(
     if let (Some(email), Some(password)) = (email, password) {
         match state
             .accounts
-            .sign_up(&email, &password, user_agent(&headers), invitation.as_ref())
+            .sign_up(&email, &password, device, invitation.as_ref())
             .await?
         {
             Ok(session) => {
@@ -211,7 +217,7 @@ pub async fn login(
         Ok(_) if form.password.is_empty() => errors.add("password", "Enter your password."),
         Ok(email) => match state
             .accounts
-            .log_in(&email, &form.password, user_agent(&headers), client.bucket())
+            .log_in(&email, &form.password, device(&headers, client), client.bucket())
             .await?
         {
             Login::SignedIn(session) => {

@@ -173,6 +173,15 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/billing/portal", user_only(form(post(billing::portal))))
         // The example paid feature: entitled teams only (see billing::RequireEntitlement).
         .route("/pro", user_only(get(billing::pro)))
+        .route("/settings/sessions", user_only(get(account::sessions)))
+        .route(
+            "/settings/sessions/{id}/revoke",
+            user_only(form(post(account::revoke_session))),
+        )
+        .route(
+            "/settings/sessions/revoke-others",
+            user_only(form(post(account::revoke_other_sessions))),
+        )
         .route(
             "/settings/password",
             user_only(form(post(account::change_password)).layer(auth_rate_limit.clone())),

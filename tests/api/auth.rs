@@ -1004,6 +1004,8 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/team/members/00000000-0000-0000-0000-000000000000/remove",
         "/team/leave",
         "/invite",
+        "/settings/sessions/00000000-0000-0000-0000-000000000000/revoke",
+        "/settings/sessions/revoke-others",
     ] {
         let page = browser
             .post(path, &[("email", "olga@example.com"), ("password", PASSWORD)])
