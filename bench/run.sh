@@ -459,7 +459,7 @@ python3 "$REPO_ROOT/bench/webhook_events.py" generate "$WEBHOOK_SECRET" "$((2 * 
 echo 0 >"$WORK/webhook-cursor"
 bench_sql "UPDATE teams SET stripe_customer_id = 'cus_SaaSTest00001A'
            WHERE id = (SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id
-                       WHERE u.email = '$BENCH_EMAIL')" >/dev/null
+                       WHERE u.email = '$BENCH_EMAIL' AND m.role = 'owner')" >/dev/null
 cat >"$WORK/webhook.lua" <<LUA
 local cursor_file, events_file, template_file = "$WORK/webhook-cursor", "$WORK/events.txt", "$WORK/template.json"
 -- setup runs in wrk's main Lua state; id, base and threads become globals of each thread's.

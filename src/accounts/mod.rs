@@ -6,6 +6,7 @@
 //! `http::auth` parse forms and render pages around it.
 
 pub mod audit;
+pub mod email_change;
 pub mod invitations;
 pub mod password;
 mod secret_token;
@@ -61,9 +62,10 @@ pub enum Login {
     Locked(Duration),
 }
 
-/// Why a password change was refused.
+/// Why a change that needs the current password (the password, the email address) was
+/// refused.
 #[derive(Debug)]
-pub enum PasswordChangeRefused {
+pub enum PasswordRefused {
     /// The current password given is wrong.
     WrongPassword,
     /// Too many wrong current passwords (the login throttle): try again after this long.
@@ -331,21 +333,13 @@ impl Accounts {
         current_password: &str,
         new_password: &NewPassword,
         client: IpAddr,
-    ) -> Result<Result<(), PasswordChangeRefused>> {
-        let user_id = session.user_id;
-        let account = AccountKey::user(user_id);
-        if let Some(wait) = self.throttle.begin(&account, client).await {
-            tracing::warn!(%client, %user_id, wait_secs = wait.as_secs(), "password change refused: too many failures");
-            return Ok(Err(PasswordChangeRefused::Locked(wait)));
+    ) -> Result<Result<(), PasswordRefused>> {
+        if let Err(refused) = self
+            .check_password(session.user_id, current_password, client)
+            .await?
+        {
+            return Ok(Err(refused));
         }
-        let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
-            .fetch_one(&self.db)
-            .await?;
-        if !self.passwords.verify(current_password, Some(stored)).await? {
-            tracing::warn!(%client, %user_id, "password change failed: wrong current password");
-            return Ok(Err(PasswordChangeRefused::WrongPassword));
-        }
-        self.throttle.succeeded(&account, client).await;
         let password_hash = self.passwords.hash(new_password).await?;
         let mut tx = self.db.begin().await?;
         let event = (security::Event::PasswordChanged, Some(client));
@@ -359,6 +353,30 @@ impl Accounts {
         .await?;
         tx.commit().await?;
         tracing::info!(user_id = %session.user_id, "password changed");
+        Ok(Ok(()))
+    }
+
+    /// Checks the signed-in user's current password, throttled like a login (a stolen session
+    /// must not make it a free guessing oracle). `client` is the client's rate-limit bucket.
+    async fn check_password(
+        &self,
+        user_id: Uuid,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<Result<(), PasswordRefused>> {
+        let account = AccountKey::user(user_id);
+        if let Some(wait) = self.throttle.begin(&account, client).await {
+            tracing::warn!(%client, %user_id, wait_secs = wait.as_secs(), "refused: too many wrong current passwords");
+            return Ok(Err(PasswordRefused::Locked(wait)));
+        }
+        let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
+            .fetch_one(&self.db)
+            .await?;
+        if !self.passwords.verify(password, Some(stored)).await? {
+            tracing::warn!(%client, %user_id, "wrong current password");
+            return Ok(Err(PasswordRefused::WrongPassword));
+        }
+        self.throttle.succeeded(&account, client).await;
         Ok(Ok(()))
     }
 

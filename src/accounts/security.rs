@@ -22,16 +22,20 @@ pub enum Event {
     PasswordReset,
     SessionRevoked,
     OtherSessionsRevoked,
+    EmailChanged,
+    EmailReverted,
 }
 
 impl Event {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::AccountCreated,
         Self::SignedIn,
         Self::PasswordChanged,
         Self::PasswordReset,
         Self::SessionRevoked,
         Self::OtherSessionsRevoked,
+        Self::EmailChanged,
+        Self::EmailReverted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -42,6 +46,8 @@ impl Event {
             Self::PasswordReset => "password_reset",
             Self::SessionRevoked => "session_revoked",
             Self::OtherSessionsRevoked => "other_sessions_revoked",
+            Self::EmailChanged => "email_changed",
+            Self::EmailReverted => "email_reverted",
         }
     }
 
@@ -54,6 +60,8 @@ impl Event {
             Self::PasswordReset => "Password reset by email",
             Self::SessionRevoked => "A session was signed out",
             Self::OtherSessionsRevoked => "Every other session was signed out",
+            Self::EmailChanged => "Email address changed",
+            Self::EmailReverted => "Email address restored; every session signed out",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Single-use, expiring tokens for emailed links: verify an address, reset a password.
+//! Single-use, expiring tokens for emailed links: verify an address, reset a password, confirm
+//! a new address, restore the old one.
 
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ use crate::error::Result;
 pub enum Purpose {
     VerifyEmail,
     ResetPassword,
+    /// Sent to a new address: following it makes it the account's address.
+    ChangeEmail,
+    /// Sent to the old address after a change: following it restores it.
+    RevertEmail,
 }
 
 impl Purpose {
@@ -19,6 +24,8 @@ impl Purpose {
         match self {
             Purpose::VerifyEmail => "verify_email",
             Purpose::ResetPassword => "reset_password",
+            Purpose::ChangeEmail => "change_email",
+            Purpose::RevertEmail => "revert_email",
         }
     }
 
@@ -27,6 +34,8 @@ impl Purpose {
         match self {
             Purpose::VerifyEmail => Duration::from_secs(24 * 3600),
             Purpose::ResetPassword => Duration::from_secs(3600),
+            Purpose::ChangeEmail => Duration::from_secs(24 * 3600),
+            Purpose::RevertEmail => Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

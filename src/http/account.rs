@@ -5,7 +5,7 @@ use askama::Template;
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::header,
+    http::{StatusCode, header},
     response::{Html, IntoResponse, Redirect, Response},
 };
 use serde::Deserialize;
@@ -15,17 +15,18 @@ use super::{
     AppState, billing,
     client_ip::ClientIp,
     csrf::CsrfToken,
-    forms::{FormErrors, render_rejected},
+    forms::{FormErrors, render_rejected, render_with_status},
     pages::Layout,
     render,
     session::CurrentUser,
 };
 use crate::{
     accounts::{
-        PasswordChangeRefused,
+        PasswordRefused,
+        email_change::EmailChangeRefused,
         security::{self, SessionRow},
     },
-    domain::{NewPassword, Role},
+    domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
 };
 
@@ -67,7 +68,23 @@ struct SettingsPage {
     email: String,
     email_verified: bool,
     notice: Option<&'static str>,
+    /// The new address typed in the email change form.
+    typed_email: String,
     errors: FormErrors,
+}
+
+impl SettingsPage {
+    fn new(layout: Layout, csrf_token: String, user: CurrentUser) -> Self {
+        Self {
+            layout,
+            csrf_token,
+            email: user.session.email,
+            email_verified: user.session.email_verified,
+            notice: None,
+            typed_email: String::new(),
+            errors: FormErrors::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,6 +100,9 @@ fn settings_notice(key: Option<&str>) -> Option<&'static str> {
             "A verification link was sent recently. Check your inbox and spam folder, or try again later.",
         ),
         "already-verified" => Some("Your email address is already verified."),
+        "email-change-sent" => Some(
+            "We sent a confirmation link to your new address. Your address changes when you follow it (within 24 hours).",
+        ),
         _ => None,
     }
 }
@@ -94,12 +114,8 @@ pub async fn settings(
     Query(query): Query<SettingsQuery>,
 ) -> Result<Html<String>> {
     render(&SettingsPage {
-        layout,
-        csrf_token,
-        email: user.session.email,
-        email_verified: user.session.email_verified,
         notice: settings_notice(query.notice.as_deref()),
-        errors: FormErrors::new(),
+        ..SettingsPage::new(layout, csrf_token, user)
     })
 }
 
@@ -138,25 +154,83 @@ pub async fn change_password(
                 .await?;
             match changed {
                 Ok(()) => return Ok(Redirect::to("/settings?notice=password-changed").into_response()),
-                Err(PasswordChangeRefused::WrongPassword) => {
+                Err(PasswordRefused::WrongPassword) => {
                     errors.add("current_password", "This is not your current password.");
                 }
-                Err(PasswordChangeRefused::Locked(wait)) => {
-                    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    return Err(AppError::TooManyRequests { retry_after_secs });
-                }
+                Err(PasswordRefused::Locked(wait)) => return Err(locked(wait)),
             }
         }
         Ok(_) => {}
     }
     render_rejected(&SettingsPage {
-        layout,
-        csrf_token,
-        email: user.session.email,
-        email_verified: user.session.email_verified,
-        notice: None,
         errors,
+        ..SettingsPage::new(layout, csrf_token, user)
     })
+}
+
+/// 429 for a current password refused while its account's backoff runs.
+fn locked(wait: std::time::Duration) -> AppError {
+    let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    AppError::TooManyRequests { retry_after_secs }
+}
+
+#[derive(Deserialize)]
+pub struct ChangeEmailForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /settings/email`: emails a confirmation link to the new address.
+pub async fn change_email(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<ChangeEmailForm>,
+) -> Result<Response> {
+    let mut errors = FormErrors::new();
+    let mut status = StatusCode::UNPROCESSABLE_ENTITY;
+    let email = EmailAddress::parse(&form.email)
+        .map_err(|problem| errors.add("email", problem.to_string()))
+        .ok();
+    if form.password.is_empty() {
+        errors.add("password", "Enter your current password.");
+    }
+    if let Some(email) = email.filter(|_| errors.is_empty()) {
+        let requested = state
+            .accounts
+            .request_email_change(&user.session, &form.password, &email, client.bucket())
+            .await?;
+        match requested {
+            Ok(()) => return Ok(Redirect::to("/settings?notice=email-change-sent").into_response()),
+            Err(EmailChangeRefused::Password(PasswordRefused::WrongPassword)) => {
+                errors.add("password", "This is not your current password.");
+            }
+            Err(EmailChangeRefused::Password(PasswordRefused::Locked(wait))) => return Err(locked(wait)),
+            Err(EmailChangeRefused::Unchanged) => errors.add("email", "This is your email address already."),
+            Err(EmailChangeRefused::Taken) => errors.add("email", "Another account has this address."),
+            Err(EmailChangeRefused::Capped) => {
+                status = StatusCode::TOO_MANY_REQUESTS;
+                errors.add(
+                    "email",
+                    "A confirmation went to this address a moment ago. Try again in a minute.",
+                );
+            }
+            Err(EmailChangeRefused::Link(_)) => unreachable!("a request follows no link"),
+        }
+    }
+    let typed_email = form.email;
+    render_with_status(
+        status,
+        &SettingsPage {
+            typed_email,
+            errors,
+            ..SettingsPage::new(layout, csrf_token, user)
+        },
+    )
 }
 
 pub async fn resend_verification(State(state): State<AppState>, user: CurrentUser) -> Result<Redirect> {

@@ -26,7 +26,7 @@ use super::{
     session::{MaybeUser, cookie_value, safe_next, session_token},
 };
 use crate::{
-    accounts::{Device, EmailTaken, LinkProblem, Login, SecretToken},
+    accounts::{Device, EmailTaken, LinkProblem, Login, SecretToken, email_change::EmailChangeRefused},
     domain::{EmailAddress, NewPassword},
     error::Result,
 };
@@ -333,11 +333,11 @@ pub(super) fn forget_link(state: &AppState, cookie: &'static str, mut response: 
 
 /// The page of an emailed link that does not work (any kind of link).
 #[derive(Template)]
-#[template(path = "auth/link_problem.html")]
-pub(super) struct LinkProblemPage {
+#[template(path = "auth/link_page.html")]
+pub(super) struct LinkPage {
     pub layout: Layout,
     pub title: &'static str,
-    pub message: &'static str,
+    pub message: String,
     pub action_href: &'static str,
     pub action_label: &'static str,
 }
@@ -350,22 +350,27 @@ fn link_problem(layout: Layout, problem: LinkProblem, purpose: &'static str) -> 
         LinkProblem::Expired => (StatusCode::GONE, "This link has expired"),
         LinkProblem::Invalid => (StatusCode::BAD_REQUEST, "This link is not valid"),
     };
-    let (message, action_href, action_label) = if purpose == "reset" {
-        (
+    let (message, action_href, action_label) = match purpose {
+        "reset" => (
             "Password reset links work once and for one hour. Ask for a new one and use the latest email.",
             "/forgot-password",
             "Send me a new link",
-        )
-    } else {
-        (
+        ),
+        "email" => (
+            "Email change links work once: the confirmation for 24 hours, the link that restores the old address for 7 days. Start again from your settings.",
+            "/settings",
+            "Go to settings",
+        ),
+        _ => (
             "Verification links work once and for 24 hours. Log in and ask for a new one from your settings.",
             "/settings",
             "Go to settings",
-        )
+        ),
     };
+    let message = message.to_owned();
     render_with_status(
         status,
-        &LinkProblemPage {
+        &LinkPage {
             layout,
             title,
             message,
@@ -548,6 +553,82 @@ pub async fn reset_password(
         Err(problem) => link_problem(layout, problem, "reset")?,
     };
     Ok(forget_link(&state, cookie, page))
+}
+
+// ---- email change (see `accounts::email_change`) ----
+
+pub async fn confirm_email(
+    State(state): State<AppState>,
+    layout: Layout,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response> {
+    let cookie = state.cookies.change_link;
+    if let Some(redirect) = token_out_of_url(&state, "/confirm-email", cookie, &query) {
+        return Ok(redirect);
+    }
+    let token = link_token(&headers, cookie);
+    let page = match state.accounts.confirm_email_change(token.as_ref()).await? {
+        Ok(address) => render(&LinkPage {
+            layout,
+            title: "Your email address is changed",
+            message: format!("Sign in with {address} from now on. Your old address was told, with a link to undo the change."),
+            action_href: "/settings",
+            action_label: "Go to settings",
+        })?
+        .into_response(),
+        Err(refused) => email_change_problem(layout, refused)?,
+    };
+    Ok(forget_link(&state, cookie, page))
+}
+
+pub async fn revert_email(
+    State(state): State<AppState>,
+    layout: Layout,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Result<Response> {
+    let cookie = state.cookies.revert_link;
+    if let Some(redirect) = token_out_of_url(&state, "/revert-email", cookie, &query) {
+        return Ok(redirect);
+    }
+    let token = link_token(&headers, cookie);
+    let mut page = match state.accounts.revert_email_change(token.as_ref()).await? {
+        Ok(address) => render(&LinkPage {
+            layout,
+            title: "Your email address is restored",
+            message: format!(
+                "The account's address is {address} again, and every session was signed out. If you did not change it, reset your password now."
+            ),
+            action_href: "/forgot-password",
+            action_label: "Reset my password",
+        })?
+        .into_response(),
+        Err(refused) => email_change_problem(layout, refused)?,
+    };
+    if page.status().is_success() {
+        // This browser's session ended with every other.
+        page.headers_mut()
+            .append(header::SET_COOKIE, state.cookies.remove_session_cookie());
+    }
+    Ok(forget_link(&state, cookie, page))
+}
+
+/// The page of an email change link that did not change the address.
+fn email_change_problem(layout: Layout, refused: EmailChangeRefused) -> Result<Response> {
+    match refused {
+        EmailChangeRefused::Link(problem) => link_problem(layout, problem, "email"),
+        _ => render_with_status(
+            StatusCode::CONFLICT,
+            &LinkPage {
+                layout,
+                title: "That address belongs to another account now",
+                message: "Another account took this address before the link was followed, so the address was not changed. Choose another one in your settings.".to_owned(),
+                action_href: "/settings",
+                action_label: "Go to settings",
+            },
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/pricing", get(pages::pricing))
         .route("/logout", form(post(auth::logout)))
         .route("/verify-email", get(auth::verify_email).layer(no_referrer()))
+        .route("/confirm-email", get(auth::confirm_email).layer(no_referrer()))
+        .route("/revert-email", get(auth::revert_email).layer(no_referrer()))
         // The invitation link's page; accepting needs a signed-in user (the handler asks).
         .route(
             "/invite",
@@ -181,6 +183,10 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route(
             "/settings/sessions/revoke-others",
             user_only(form(post(account::revoke_other_sessions))),
+        )
+        .route(
+            "/settings/email",
+            user_only(form(post(account::change_email)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/settings/password",

@@ -31,6 +31,9 @@ pub struct CookieNames {
     pub verify_link: &'static str,
     pub reset_link: &'static str,
     pub invite_link: &'static str,
+    /// Email change: the confirmation link, the link that restores the old address.
+    pub change_link: &'static str,
+    pub revert_link: &'static str,
     pub secure: bool,
 }
 
@@ -43,6 +46,8 @@ impl CookieNames {
                 verify_link: "__Host-keel_verify",
                 reset_link: "__Host-keel_reset",
                 invite_link: "__Host-keel_invite",
+                change_link: "__Host-keel_change_email",
+                revert_link: "__Host-keel_revert_email",
                 secure,
             }
         } else {
@@ -52,6 +57,8 @@ impl CookieNames {
                 verify_link: "keel_verify",
                 reset_link: "keel_reset",
                 invite_link: "keel_invite",
+                change_link: "keel_change_email",
+                revert_link: "keel_revert_email",
                 secure,
             }
         }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{
     AppState,
-    auth::{LINK_COOKIE_LIFETIME, LinkProblemPage, forget_link, link_token, redirect_with_cookie},
+    auth::{LINK_COOKIE_LIFETIME, LinkPage, forget_link, link_token, redirect_with_cookie},
     client_ip::ClientIp,
     csrf::CsrfToken,
     forms::{FormErrors, render_rejected, render_with_status},
@@ -624,10 +624,10 @@ fn link_problem(layout: Layout, problem: LinkProblem) -> Result<Response> {
     };
     render_with_status(
         status,
-        &LinkProblemPage {
+        &LinkPage {
             layout,
             title,
-            message,
+            message: message.to_owned(),
             action_href: "/teams",
             action_label: "Go to your teams",
         },

@@ -1,8 +1,8 @@
 //! The cap on email to one recipient (SPEC: "Email to one recipient is capped"): the emails
-//! anyone can make keel send to an address (verification, password reset, team invitation)
-//! are limited per recipient, whatever the number of clients or accounts asking: one of each
-//! kind a minute and [`PER_HOUR`] in all an hour. Spellings that reach one mailbox (case, `+tag`) are one
-//! recipient.
+//! anyone can make keel send to an address (verification, password reset, team invitation,
+//! the confirmation of a new address) are limited per recipient, whatever the number of
+//! clients or accounts asking: one of each kind a minute and [`PER_HOUR`] in all an hour.
+//! Spellings that reach one mailbox (case, `+tag`) are one recipient.
 //!
 //! Checked in the transaction that writes the email to the outbox, under an advisory lock on
 //! the recipient, so parallel requests send one email, and a refused email leaves nothing.
@@ -15,13 +15,14 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 
 /// The kinds of capped email, each with its own one-a-minute allowance per recipient.
-/// (Email changes add a kind here.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapKind {
     Verification,
     PasswordReset,
     /// A team invitation: anyone who can make a team can invite any address.
     Invitation,
+    /// The confirmation of a new address: anyone with an account can name any address.
+    EmailChange,
 }
 
 impl CapKind {
@@ -31,6 +32,7 @@ impl CapKind {
             CapKind::Verification => "verification",
             CapKind::PasswordReset => "password_reset",
             CapKind::Invitation => "invitation",
+            CapKind::EmailChange => "email_change",
         }
     }
 }

@@ -36,8 +36,9 @@ use crate::{
 
 pub use cap::{CapKind, Capped};
 pub use templates::{
-    AccessPaused, PasswordChanged, PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered,
-    PaymentRetriesExhausted, SmtpTest, TeamInvitation, TrialEnding, VerifyEmail,
+    AccessPaused, ConfirmNewEmail, EmailChanged, PasswordChanged, PasswordReset, PaymentActionRequired,
+    PaymentFailed, PaymentRecovered, PaymentRetriesExhausted, SmtpTest, TeamInvitation, TrialEnding,
+    VerifyEmail,
 };
 
 /// Each SMTP command may take this long before the attempt counts as failed. (No timeout

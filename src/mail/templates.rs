@@ -86,6 +86,33 @@ email_templates!(
     html: "emails/password_changed/body.html"
 );
 
+/// Sent to a new address: following the link makes it the account's address.
+pub struct ConfirmNewEmail {
+    pub address: String,
+    pub link: String,
+}
+
+email_templates!(
+    ConfirmNewEmail,
+    subject: "emails/confirm_new_email/subject.txt",
+    text: "emails/confirm_new_email/body.txt",
+    html: "emails/confirm_new_email/body.html"
+);
+
+/// Sent to the old address once the new one is confirmed, with a link that restores it.
+pub struct EmailChanged {
+    pub old_address: String,
+    pub new_address: String,
+    pub revert_link: String,
+}
+
+email_templates!(
+    EmailChanged,
+    subject: "emails/email_changed/subject.txt",
+    text: "emails/email_changed/body.txt",
+    html: "emails/email_changed/body.html"
+);
+
 /// An invitation to join a team: the link shows it and lets the invitee accept.
 pub struct TeamInvitation {
     pub team_name: String,

@@ -1006,6 +1006,7 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/invite",
         "/settings/sessions/00000000-0000-0000-0000-000000000000/revoke",
         "/settings/sessions/revoke-others",
+        "/settings/email",
     ] {
         let page = browser
             .post(path, &[("email", "olga@example.com"), ("password", PASSWORD)])

@@ -4,7 +4,8 @@
 use reqwest::{StatusCode, header};
 
 use crate::{
-    helpers::{TestApp, spawn_app},
+    auth::{emailed_link, emails_to},
+    helpers::{TestApp, spawn_app, spawn_app_with_smtp},
     visitor::{Page, Visitor},
 };
 
@@ -144,4 +145,182 @@ async fn a_password_change_is_in_the_security_log() {
     let created_at = log.find("Account created").expect("logged");
     assert!(changed_at < created_at, "newest first: {log}");
     assert!(log.contains("127.0.0.1"), "{log}");
+}
+
+// ---- email change ----
+
+const CONFIRM: &str = "Confirm your new email address";
+const CHANGED: &str = "Your email address was changed";
+
+async fn change_email(browser: &mut Visitor<'_>, email: &str, password: &str) -> Page {
+    browser
+        .submit(
+            "/settings",
+            "/settings/email",
+            &[("email", email), ("password", password)],
+        )
+        .await
+}
+
+async fn log_in(app: &TestApp, email: &str) -> StatusCode {
+    let mut browser = Visitor::new(app);
+    let page = browser
+        .submit("/login", "/login", &[("email", email), ("password", PASSWORD)])
+        .await;
+    page.status
+}
+
+#[tokio::test]
+async fn an_email_change_waits_for_the_new_address_and_the_old_one_can_undo_it() {
+    let (app, smtp) = spawn_app_with_smtp().await;
+    let mut browser = Visitor::signed_up(&app, "quinn.old@example.com", PASSWORD).await;
+    Visitor::signed_up(&app, "taken@example.com", PASSWORD).await;
+
+    for (email, password, message) in [
+        ("not an address", PASSWORD, "email-error"),
+        ("quinn.new@example.com", "", "Enter your current password."),
+        (
+            "quinn.new@example.com",
+            "not my password",
+            "This is not your current password.",
+        ),
+        ("Taken@Example.com", PASSWORD, "Another account has this address."),
+        (
+            "QUINN.OLD@example.com",
+            PASSWORD,
+            "This is your email address already.",
+        ),
+    ] {
+        let page = change_email(&mut browser, email, password).await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{email}");
+        assert!(page.body.contains(message), "{message}: {}", page.body);
+    }
+
+    let sent = change_email(&mut browser, "quinn.new@example.com", PASSWORD).await;
+    assert_eq!(sent.location(), "/settings?notice=email-change-sent");
+    let link = emailed_link(&smtp, "quinn.new@example.com", CONFIRM, "/confirm-email").await;
+    // Nothing changes before the link is followed.
+    assert!(
+        browser
+            .get("/settings")
+            .await
+            .body
+            .contains("quinn.old@example.com")
+    );
+    assert_eq!(
+        log_in(&app, "quinn.new@example.com").await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // The link is the proof of the address, whichever browser opens it; it works once.
+    let mut elsewhere = Visitor::new(&app);
+    let page = elsewhere.open_link(&link).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("Sign in with quinn.new@example.com"),
+        "{}",
+        page.body
+    );
+    assert_eq!(elsewhere.open_link(&link).await.status, StatusCode::GONE);
+    let settings = browser.get("/settings").await;
+    assert!(
+        settings.body.contains("<strong>quinn.new@example.com</strong>")
+            && settings.body.contains("Verified")
+    );
+    assert_eq!(log_in(&app, "quinn.new@example.com").await, StatusCode::SEE_OTHER);
+    assert_eq!(
+        log_in(&app, "quinn.old@example.com").await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // The old address was told, with a link that undoes it and ends every session.
+    let revert = emailed_link(&smtp, "quinn.old@example.com", CHANGED, "/revert-email").await;
+    let mut owner = Visitor::new(&app);
+    let page = owner.open_link(&revert).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("quinn.old@example.com again"), "{}", page.body);
+    assert_eq!(
+        browser.get("/dashboard").await.status,
+        StatusCode::SEE_OTHER,
+        "signed out"
+    );
+    assert_eq!(log_in(&app, "quinn.old@example.com").await, StatusCode::SEE_OTHER);
+    assert_eq!(owner.open_link(&revert).await.status, StatusCode::GONE);
+
+    let mut again = Visitor::new(&app);
+    again
+        .submit(
+            "/login",
+            "/login",
+            &[("email", "quinn.old@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    let log = again.get("/settings/sessions").await;
+    for entry in ["Email address changed", "Email address restored"] {
+        assert!(log.body.contains(entry), "{entry}: {}", log.body);
+    }
+    assert_eq!(emails_to(&smtp, "quinn.new@example.com", CONFIRM), 1);
+}
+
+#[tokio::test]
+async fn an_address_is_given_to_one_account_when_two_confirm_it_at_once() {
+    let (app, smtp) = spawn_app_with_smtp().await;
+    let mut ruth = Visitor::signed_up(&app, "ruth@example.com", PASSWORD).await;
+    let mut saul = Visitor::signed_up(&app, "saul@example.com", PASSWORD).await;
+    assert_eq!(
+        change_email(&mut ruth, "shared@example.com", PASSWORD)
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    // The cap lets one confirmation a minute reach an address.
+    let capped = change_email(&mut saul, "shared@example.com", PASSWORD).await;
+    assert_eq!(capped.status, StatusCode::TOO_MANY_REQUESTS);
+    let first = emailed_link(&smtp, "shared@example.com", CONFIRM, "/confirm-email").await;
+    sqlx::query("UPDATE emails SET created_at = created_at - interval '1 hour'")
+        .execute(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        change_email(&mut saul, "shared@example.com", PASSWORD)
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let second = crate::helpers::wait_until(
+        "a second confirmation",
+        std::time::Duration::from_secs(30),
+        || async {
+            let link = emailed_link(&smtp, "shared@example.com", CONFIRM, "/confirm-email").await;
+            if link == first {
+                Err("only the first".to_owned())
+            } else {
+                Ok(link)
+            }
+        },
+    )
+    .await;
+
+    let (mut a, mut b) = (Visitor::new(&app), Visitor::new(&app));
+    let (first_page, second_page) = tokio::join!(a.open_link(&first), b.open_link(&second));
+    let mut statuses = [first_page.status, second_page.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    let owners: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE lower(email) = 'shared@example.com'")
+            .fetch_one(&mut app.database.connect().await)
+            .await
+            .unwrap();
+    assert_eq!(owners, 1);
+    let loser = if first_page.status == StatusCode::CONFLICT {
+        &mut ruth
+    } else {
+        &mut saul
+    };
+    let settings = loser.get("/settings").await;
+    assert!(
+        !settings.body.contains("shared@example.com"),
+        "kept their address: {}",
+        settings.body
+    );
 }
