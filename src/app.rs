@@ -69,7 +69,7 @@ impl App {
             .await
             .with_context(|| format!("binding BIND_ADDR {}", config.bind_addr))?;
         let mailer = Mailer::from_config(&config)?;
-        let accounts = Accounts::new(db.clone(), mailer.clone(), cache.clone(), config.invitation_ttl);
+        let accounts = Accounts::new(db.clone(), mailer.clone(), cache.clone(), &config);
         let stripe = stripe_client(&config)?;
         let catalog = Catalog::new(config.stripe.prices.clone(), stripe.clone(), cache.clone());
         let state = AppState::new(Services {

@@ -57,6 +57,20 @@ impl SecretKey {
         self.bytes.expose_secret()
     }
 
+    /// A key for one purpose (CSRF tokens, sealed TOTP secrets…): HMAC-SHA256 of `purpose`
+    /// under this key, so that no two purposes share a key.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(self.expose())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        hmac::Mac::update(&mut mac, purpose);
+        hmac::Mac::finalize(mac).into_bytes().into()
+    }
+
+    #[cfg(test)]
+    pub fn random_for_tests() -> Self {
+        Self::random()
+    }
+
     fn random() -> Self {
         let mut bytes = vec![0u8; MIN_SECRET_KEY_BYTES];
         rand::fill(&mut bytes[..]);

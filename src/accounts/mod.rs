@@ -15,6 +15,7 @@ pub mod sessions;
 pub mod teams;
 pub mod throttle;
 pub mod tokens;
+pub mod two_factor;
 
 use std::{net::IpAddr, time::Duration};
 
@@ -31,6 +32,7 @@ pub use self::{
 };
 use crate::{
     cache::Cache,
+    config::Config,
     domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
     jobs::{self, Job, JobContext},
@@ -45,6 +47,8 @@ pub struct Accounts {
     throttle: LoginThrottle,
     /// How long an invitation's link works (`INVITATION_TTL_DAYS`).
     invitation_ttl: Duration,
+    /// Seals TOTP secrets (a key derived from `SECRET_KEY`).
+    sealer: two_factor::SecretSealer,
 }
 
 /// The address is already registered (sign-up).
@@ -56,6 +60,9 @@ pub struct EmailTaken;
 pub enum Login {
     /// Signed in: the token goes into the session cookie.
     SignedIn(SecretToken),
+    /// The password was right and the user signs in with a second factor: the token of the
+    /// half-done login goes into its cookie, and `/login/2fa` asks for the code.
+    SecondFactor(SecretToken),
     /// Unknown email or wrong password: the caller cannot tell which, and neither can the user.
     Refused,
     /// Too many recent failures for this email: try again after this long.
@@ -82,13 +89,14 @@ impl From<HashError> for AppError {
 }
 
 impl Accounts {
-    pub fn new(db: PgPool, mailer: Mailer, cache: Cache, invitation_ttl: Duration) -> Self {
+    pub fn new(db: PgPool, mailer: Mailer, cache: Cache, config: &Config) -> Self {
         Self {
             db,
             mailer,
             passwords: Passwords::new(),
             throttle: LoginThrottle::new(cache),
-            invitation_ttl,
+            invitation_ttl: config.invitation_ttl,
+            sealer: two_factor::SecretSealer::new(&config.secret_key),
         }
     }
 
@@ -147,20 +155,24 @@ impl Accounts {
     /// the same hash time; failures count towards the email's backoff whether or not it exists.
     /// `client` is the client's rate-limit bucket: the backoff is per account and client, and
     /// failures are logged with it (never with the password).
+    /// `next` is where to go once signed in: a 2FA user's half-done login keeps it.
     pub async fn log_in(
         &self,
         email: &EmailAddress,
         password: &str,
         device: Device<'_>,
         client: IpAddr,
+        next: Option<&str>,
     ) -> Result<Login> {
+        // One query, as without 2FA: whether the user has it comes with the password hash.
         let user = sqlx::query!(
-            "SELECT u.id, u.password_hash, m.team_id
+            r#"SELECT u.id, u.password_hash, m.team_id,
+                      EXISTS (SELECT 1 FROM two_factor t WHERE t.user_id = u.id AND t.enabled_at IS NOT NULL) AS "two_factor!"
              FROM users u
              JOIN memberships m ON m.user_id = u.id
              WHERE lower(u.email) = lower($1)
              ORDER BY (m.role = $2) DESC, m.created_at
-             LIMIT 1",
+             LIMIT 1"#,
             email.as_str(),
             Role::Owner.as_str(),
         )
@@ -185,6 +197,11 @@ impl Accounts {
             self.upgrade_hash(user.id, &user.password_hash, password).await?;
         }
         let mut conn = self.db.acquire().await?;
+        if user.two_factor {
+            let pending = two_factor::start_pending_login(&mut conn, user.id, user.team_id, next).await?;
+            tracing::info!(user_id = %user.id, "password right; waiting for the second factor");
+            return Ok(Login::SecondFactor(pending));
+        }
         let session = sessions::create(
             &mut conn,
             user.id,

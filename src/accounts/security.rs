@@ -24,10 +24,13 @@ pub enum Event {
     OtherSessionsRevoked,
     EmailChanged,
     EmailReverted,
+    TwoFactorEnabled,
+    TwoFactorDisabled,
+    TwoFactorFailed,
 }
 
 impl Event {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 11] = [
         Self::AccountCreated,
         Self::SignedIn,
         Self::PasswordChanged,
@@ -36,6 +39,9 @@ impl Event {
         Self::OtherSessionsRevoked,
         Self::EmailChanged,
         Self::EmailReverted,
+        Self::TwoFactorEnabled,
+        Self::TwoFactorDisabled,
+        Self::TwoFactorFailed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -48,6 +54,9 @@ impl Event {
             Self::OtherSessionsRevoked => "other_sessions_revoked",
             Self::EmailChanged => "email_changed",
             Self::EmailReverted => "email_reverted",
+            Self::TwoFactorEnabled => "two_factor_enabled",
+            Self::TwoFactorDisabled => "two_factor_disabled",
+            Self::TwoFactorFailed => "two_factor_failed",
         }
     }
 
@@ -62,6 +71,9 @@ impl Event {
             Self::OtherSessionsRevoked => "Every other session was signed out",
             Self::EmailChanged => "Email address changed",
             Self::EmailReverted => "Email address restored; every session signed out",
+            Self::TwoFactorEnabled => "Two-factor sign-in turned on",
+            Self::TwoFactorDisabled => "Two-factor sign-in turned off",
+            Self::TwoFactorFailed => "A wrong two-factor code",
         }
     }
 }

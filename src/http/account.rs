@@ -25,6 +25,7 @@ use crate::{
         PasswordRefused,
         email_change::EmailChangeRefused,
         security::{self, SessionRow},
+        two_factor::{CodeRefused, Enrolment},
     },
     domain::{EmailAddress, NewPassword, Role},
     error::{AppError, Result},
@@ -100,6 +101,7 @@ fn settings_notice(key: Option<&str>) -> Option<&'static str> {
             "A verification link was sent recently. Check your inbox and spam folder, or try again later.",
         ),
         "already-verified" => Some("Your email address is already verified."),
+        "2fa-off" => Some("Two-factor sign-in is off. Your password alone signs you in."),
         "email-change-sent" => Some(
             "We sent a confirmation link to your new address. Your address changes when you follow it (within 24 hours).",
         ),
@@ -312,4 +314,113 @@ pub async fn revoke_other_sessions(
 ) -> Result<Redirect> {
     security::revoke_others(&state.db, user.session.user_id, &user.token, client.0).await?;
     Ok(Redirect::to("/settings/sessions?notice=revoked-others"))
+}
+
+// ---- two-factor sign-in ----
+
+#[derive(Template)]
+#[template(path = "account/two_factor.html")]
+struct TwoFactorPage {
+    layout: Layout,
+    csrf_token: String,
+    /// While enrolling: the QR code and URI. `None`: 2FA is on.
+    enrolment: Option<Enrolment>,
+    /// Just turned on: the recovery codes, shown this once.
+    recovery_codes: Vec<String>,
+    errors: FormErrors,
+}
+
+impl TwoFactorPage {
+    async fn new(
+        state: &AppState,
+        user: &CurrentUser,
+        layout: Layout,
+        csrf_token: String,
+        errors: FormErrors,
+    ) -> Result<Self> {
+        Ok(Self {
+            layout,
+            csrf_token,
+            enrolment: state.accounts.begin_two_factor(&user.session).await?,
+            recovery_codes: Vec::new(),
+            errors,
+        })
+    }
+}
+
+pub async fn two_factor(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+) -> Result<Html<String>> {
+    render(&TwoFactorPage::new(&state, &user, layout, csrf_token, FormErrors::new()).await?)
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    #[serde(default)]
+    code: String,
+}
+
+pub async fn enable_two_factor(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<CodeForm>,
+) -> Result<Response> {
+    match state
+        .accounts
+        .enable_two_factor(&user.session, &form.code, client.0)
+        .await?
+    {
+        Ok(recovery_codes) => Ok(render(&TwoFactorPage {
+            layout,
+            csrf_token,
+            enrolment: None,
+            recovery_codes,
+            errors: FormErrors::new(),
+        })?
+        .into_response()),
+        Err(CodeRefused::Wrong) => {
+            let errors = FormErrors::new().with(
+                "code",
+                "That code is not right. Check the time on your phone and try the next one.",
+            );
+            render_rejected(&TwoFactorPage::new(&state, &user, layout, csrf_token, errors).await?)
+        }
+        Err(CodeRefused::NothingPending | CodeRefused::Locked(_)) => {
+            Ok(Redirect::to("/settings/2fa").into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn disable_two_factor(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response> {
+    match state
+        .accounts
+        .disable_two_factor(&user.session, &form.password, client.bucket())
+        .await?
+    {
+        Ok(()) => Ok(Redirect::to("/settings?notice=2fa-off").into_response()),
+        Err(PasswordRefused::WrongPassword) => {
+            let errors = FormErrors::new().with("password", "This is not your current password.");
+            render_rejected(&TwoFactorPage::new(&state, &user, layout, csrf_token, errors).await?)
+        }
+        Err(PasswordRefused::Locked(wait)) => Err(locked(wait)),
+    }
 }

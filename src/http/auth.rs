@@ -26,7 +26,11 @@ use super::{
     session::{MaybeUser, cookie_value, safe_next, session_token},
 };
 use crate::{
-    accounts::{Device, EmailTaken, LinkProblem, Login, SecretToken, email_change::EmailChangeRefused},
+    accounts::{
+        Device, EmailTaken, LinkProblem, Login, SecretToken,
+        email_change::EmailChangeRefused,
+        two_factor::{CodeRefused, PENDING_LOGIN_LIFETIME, SecondFactor},
+    },
     domain::{EmailAddress, NewPassword},
     error::Result,
 };
@@ -168,6 +172,7 @@ pub struct LoginForm {
 fn login_notice(key: Option<&str>) -> Option<&'static str> {
     match key? {
         "password-reset" => Some("Your password was changed. Log in with your new password."),
+        "2fa-expired" => Some("Signing in took longer than 5 minutes. Enter your password again."),
         _ => None,
     }
 }
@@ -217,16 +222,25 @@ pub async fn login(
         Ok(_) if form.password.is_empty() => errors.add("password", "Enter your password."),
         Ok(email) => match state
             .accounts
-            .log_in(&email, &form.password, device(&headers, client), client.bucket())
+            .log_in(
+                &email,
+                &form.password,
+                device(&headers, client),
+                client.bucket(),
+                kept_next(form.next.as_deref()).as_deref(),
+            )
             .await?
         {
             Login::SignedIn(session) => {
-                // A session the browser had before (another account, or planted) ends here.
-                if let Some(previous) = session_token(&headers, &state.cookies) {
-                    state.accounts.log_out(&previous).await?;
-                }
-                let to = safe_next(form.next.as_deref());
-                return Ok(redirect_with_cookie(to, state.cookies.session_cookie(&session)));
+                return signed_in(&state, &headers, &session, safe_next(form.next.as_deref())).await;
+            }
+            Login::SecondFactor(pending) => {
+                let cookie = state.cookies.pending_login;
+                let lifetime = Some(PENDING_LOGIN_LIFETIME);
+                return Ok(redirect_with_cookie(
+                    "/login/2fa",
+                    state.cookies.set_cookie(cookie, pending.as_str(), lifetime),
+                ));
             }
             Login::Refused => errors.set_form(LOGIN_REFUSED),
             Login::Locked(wait) => {
@@ -257,6 +271,133 @@ pub async fn login(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     Ok(response)
+}
+
+/// The answer to a finished login: the session's cookie, and the browser's previous session
+/// (another account's, or one planted) ended.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    session: &SecretToken,
+    to: &str,
+) -> Result<Response> {
+    if let Some(previous) = session_token(headers, &state.cookies) {
+        state.accounts.log_out(&previous).await?;
+    }
+    Ok(redirect_with_cookie(to, state.cookies.session_cookie(session)))
+}
+
+// ---- the second factor ----
+
+#[derive(Template)]
+#[template(path = "auth/login_2fa.html")]
+struct SecondFactorPage {
+    layout: Layout,
+    csrf_token: String,
+    errors: FormErrors,
+}
+
+/// Back to the password: the half-done login is over (5 minutes) or never was.
+fn login_again(state: &AppState) -> Response {
+    let forget = state.cookies.set_cookie(state.cookies.pending_login, "", None);
+    redirect_with_cookie("/login?notice=2fa-expired", forget)
+}
+
+pub async fn second_factor_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+) -> Result<Response> {
+    let pending = link_token(&headers, state.cookies.pending_login);
+    let waiting = match &pending {
+        Some(token) => state.accounts.pending_login(token).await?,
+        None => false,
+    };
+    if !waiting {
+        return Ok(login_again(&state));
+    }
+    Ok(render(&SecondFactorPage {
+        layout,
+        csrf_token,
+        errors: FormErrors::new(),
+    })?
+    .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SecondFactorForm {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    recovery_code: String,
+}
+
+pub async fn second_factor(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<SecondFactorForm>,
+) -> Result<Response> {
+    let Some(pending) = link_token(&headers, state.cookies.pending_login) else {
+        return Ok(login_again(&state));
+    };
+    let factor = match (form.code.trim(), form.recovery_code.trim()) {
+        ("", "") => None,
+        ("", recovery) => Some(SecondFactor::RecoveryCode(recovery)),
+        (code, _) => Some(SecondFactor::Code(code)),
+    };
+    let mut errors = FormErrors::new();
+    let mut status = StatusCode::UNPROCESSABLE_ENTITY;
+    match factor {
+        None => errors.add(
+            "code",
+            "Enter the 6-digit code from your app, or a recovery code.",
+        ),
+        Some(factor) => {
+            let device = device(&headers, client);
+            match state
+                .accounts
+                .finish_login(&pending, factor, device, client.bucket())
+                .await?
+            {
+                Ok((session, next)) => {
+                    let mut response =
+                        signed_in(&state, &headers, &session, safe_next(next.as_deref())).await?;
+                    let forget = state.cookies.set_cookie(state.cookies.pending_login, "", None);
+                    response.headers_mut().append(header::SET_COOKIE, forget);
+                    return Ok(response);
+                }
+                Err(CodeRefused::NothingPending) => return Ok(login_again(&state)),
+                Err(CodeRefused::Wrong) => errors.add("code", "That code is not right, or was used already."),
+                Err(CodeRefused::Locked(wait)) => {
+                    status = StatusCode::TOO_MANY_REQUESTS;
+                    errors.set_form(format!("Too many wrong codes. Try again in {}.", in_words(wait)));
+                    let mut page = render_with_status(
+                        status,
+                        &SecondFactorPage {
+                            layout,
+                            csrf_token,
+                            errors,
+                        },
+                    )?;
+                    page.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(whole_seconds(wait).max(1)));
+                    return Ok(page);
+                }
+            }
+        }
+    }
+    render_with_status(
+        status,
+        &SecondFactorPage {
+            layout,
+            csrf_token,
+            errors,
+        },
+    )
 }
 
 /// `wait` rounded up to whole seconds (what `Retry-After` and the message say).

@@ -39,7 +39,7 @@ pub struct CsrfKey(Arc<[u8; 32]>);
 
 impl CsrfKey {
     pub fn new(secret: &SecretKey) -> Self {
-        Self(Arc::new(derive(secret.expose(), b"keel csrf v1")))
+        Self(Arc::new(secret.derive(b"keel csrf v1")))
     }
 
     fn mac(&self, binding: &Binding) -> Hmac {
@@ -64,13 +64,6 @@ impl CsrfKey {
             .decode(submitted.trim())
             .is_ok_and(|tag| self.mac(binding).verify_slice(&tag).is_ok())
     }
-}
-
-fn derive(secret: &[u8], purpose: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac as hmac::KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(purpose);
-    mac.finalize().into_bytes().into()
 }
 
 /// What a token is bound to.

@@ -125,6 +125,10 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/signup", form(get(auth::signup_form).post(auth::signup)))
         .route("/login", form(get(auth::login_form).post(auth::login)))
         .route(
+            "/login/2fa",
+            form(get(auth::second_factor_form).post(auth::second_factor)),
+        )
+        .route(
             "/forgot-password",
             form(get(auth::forgot_password_form).post(auth::forgot_password)),
         )
@@ -175,6 +179,15 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/billing/portal", user_only(form(post(billing::portal))))
         // The example paid feature: entitled teams only (see billing::RequireEntitlement).
         .route("/pro", user_only(get(billing::pro)))
+        .route("/settings/2fa", user_only(get(account::two_factor)))
+        .route(
+            "/settings/2fa/enable",
+            user_only(form(post(account::enable_two_factor)).layer(auth_rate_limit.clone())),
+        )
+        .route(
+            "/settings/2fa/disable",
+            user_only(form(post(account::disable_two_factor)).layer(auth_rate_limit.clone())),
+        )
         .route("/settings/sessions", user_only(get(account::sessions)))
         .route(
             "/settings/sessions/{id}/revoke",

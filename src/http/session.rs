@@ -34,6 +34,8 @@ pub struct CookieNames {
     /// Email change: the confirmation link, the link that restores the old address.
     pub change_link: &'static str,
     pub revert_link: &'static str,
+    /// A half-done login waiting for its second factor.
+    pub pending_login: &'static str,
     pub secure: bool,
 }
 
@@ -48,6 +50,7 @@ impl CookieNames {
                 invite_link: "__Host-keel_invite",
                 change_link: "__Host-keel_change_email",
                 revert_link: "__Host-keel_revert_email",
+                pending_login: "__Host-keel_2fa",
                 secure,
             }
         } else {
@@ -59,6 +62,7 @@ impl CookieNames {
                 invite_link: "keel_invite",
                 change_link: "keel_change_email",
                 revert_link: "keel_revert_email",
+                pending_login: "keel_2fa",
                 secure,
             }
         }

@@ -1007,6 +1007,9 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/settings/sessions/00000000-0000-0000-0000-000000000000/revoke",
         "/settings/sessions/revoke-others",
         "/settings/email",
+        "/settings/2fa/enable",
+        "/settings/2fa/disable",
+        "/login/2fa",
     ] {
         let page = browser
             .post(path, &[("email", "olga@example.com"), ("password", PASSWORD)])

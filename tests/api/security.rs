@@ -324,3 +324,214 @@ async fn an_address_is_given_to_one_account_when_two_confirm_it_at_once() {
         settings.body
     );
 }
+
+// ---- two-factor sign-in ----
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The otpauth URI shown on `/settings/2fa`, as an authenticator app would read it.
+fn enrolment_uri(page: &str) -> totp_rs::Totp {
+    let start = page
+        .find("<code class=\"otpauth-uri\">")
+        .expect("the URI as text")
+        + "<code class=\"otpauth-uri\">".len();
+    let uri = page[start..]
+        .split('<')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    totp_rs::Totp::from_url(&uri).unwrap()
+}
+
+/// A browser that logs in with the password only (a 2FA user lands on `/login/2fa`).
+async fn password_step<'a>(app: &'a TestApp, email: &str) -> (Visitor<'a>, Page) {
+    let mut browser = Visitor::new(app);
+    let page = browser
+        .submit("/login", "/login", &[("email", email), ("password", PASSWORD)])
+        .await;
+    (browser, page)
+}
+
+/// Turns 2FA on for `browser`'s user: the app's TOTP and the recovery codes.
+async fn enrol(browser: &mut Visitor<'_>) -> (totp_rs::Totp, Vec<String>) {
+    let page = browser.get("/settings/2fa").await;
+    assert!(page.body.contains("<svg"), "a QR code: {}", page.body);
+    let totp = enrolment_uri(&page.body);
+    let code = totp.generate(unix_now()).to_string();
+    let enabled = browser
+        .submit("/settings/2fa", "/settings/2fa/enable", &[("code", &code)])
+        .await;
+    assert_eq!(enabled.status, StatusCode::OK, "{}", enabled.body);
+    let codes: Vec<String> = enabled
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|rest| rest.split('<').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10, "{}", enabled.body);
+    (totp, codes)
+}
+
+#[tokio::test]
+async fn two_factor_sign_in_with_a_code_once_or_a_recovery_code_once() {
+    let app = spawn_app().await;
+    let mut browser = Visitor::signed_up(&app, "tara@example.com", PASSWORD).await;
+
+    // A wrong code, or one of another secret, does not turn it on.
+    let page = browser.get("/settings/2fa").await;
+    let theirs = enrolment_uri(&page.body);
+    let other = totp_rs::Builder::new()
+        .with_secret(b"another secret, 20 b".to_vec())
+        .build()
+        .unwrap();
+    for code in [
+        "000000",
+        "12345",
+        "abcdef",
+        &other.generate(unix_now()).to_string(),
+    ] {
+        let refused = browser
+            .submit("/settings/2fa", "/settings/2fa/enable", &[("code", code)])
+            .await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{code}");
+    }
+    // A reload shows the same secret: the app that scanned it keeps working.
+    assert_eq!(
+        enrolment_uri(&browser.get("/settings/2fa").await.body)
+            .to_url()
+            .unwrap(),
+        theirs.to_url().unwrap()
+    );
+    let (totp, recovery) = enrol(&mut browser).await;
+    assert!(
+        browser
+            .get("/settings/2fa")
+            .await
+            .body
+            .contains("Two-factor sign-in is on")
+    );
+
+    // The password alone starts no session.
+    let (mut laptop, page) = password_step(&app, "tara@example.com").await;
+    assert_eq!(page.location(), "/login/2fa");
+    assert!(laptop.session().is_none());
+    assert_eq!(laptop.get("/dashboard").await.status, StatusCode::SEE_OTHER);
+    let wrong = laptop
+        .submit("/login/2fa", "/login/2fa", &[("code", "000000")])
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(laptop.session().is_none());
+    // The code of the enrolment's step was used: the next step's code signs in, once.
+    let code = totp.generate(unix_now() + 30).to_string();
+    let signed_in = laptop
+        .submit("/login/2fa", "/login/2fa", &[("code", &code)])
+        .await;
+    assert_eq!(
+        (signed_in.status, signed_in.location()),
+        (StatusCode::SEE_OTHER, "/dashboard")
+    );
+    assert!(laptop.session().is_some() && !laptop.cookies.contains_key("keel_2fa"));
+    assert_eq!(laptop.get("/dashboard").await.status, StatusCode::OK);
+
+    let (mut phone, _) = password_step(&app, "tara@example.com").await;
+    let replayed = phone.submit("/login/2fa", "/login/2fa", &[("code", &code)]).await;
+    assert_eq!(
+        replayed.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a code is accepted once"
+    );
+    let with_recovery = phone
+        .submit(
+            "/login/2fa",
+            "/login/2fa",
+            &[("recovery_code", &recovery[0].to_uppercase())],
+        )
+        .await;
+    assert_eq!(
+        with_recovery.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        with_recovery.body
+    );
+    let (mut tablet, _) = password_step(&app, "tara@example.com").await;
+    let again = tablet
+        .submit("/login/2fa", "/login/2fa", &[("recovery_code", &recovery[0])])
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a recovery code works once"
+    );
+
+    // The half-done login is bound to its browser, and ends after 5 minutes.
+    let mut stranger = Visitor::new(&app);
+    let csrf = stranger.get("/login").await.csrf_token();
+    let code = totp.generate(unix_now() + 30).to_string();
+    let no_cookie = stranger
+        .post("/login/2fa", &[("code", &code), ("csrf_token", &csrf)])
+        .await;
+    assert_eq!(no_cookie.location(), "/login?notice=2fa-expired");
+    sqlx::query("UPDATE pending_logins SET expires_at = now() - interval '1 second'")
+        .execute(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        tablet.get("/login/2fa").await.location(),
+        "/login?notice=2fa-expired"
+    );
+
+    let log = laptop.get("/settings/sessions").await;
+    for entry in ["Two-factor sign-in turned on", "A wrong two-factor code"] {
+        assert!(log.body.contains(entry), "{entry}: {}", log.body);
+    }
+
+    // Off, with the password only.
+    let refused = laptop
+        .submit("/settings/2fa", "/settings/2fa/disable", &[("password", "nope")])
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let off = laptop
+        .submit(
+            "/settings/2fa",
+            "/settings/2fa/disable",
+            &[("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(off.location(), "/settings?notice=2fa-off");
+    let (_, page) = password_step(&app, "tara@example.com").await;
+    assert_eq!(page.location(), "/dashboard");
+}
+
+#[tokio::test]
+async fn wrong_codes_are_throttled_like_passwords() {
+    let app = spawn_app().await;
+    let mut browser = Visitor::signed_up(&app, "uma@example.com", PASSWORD).await;
+    let (totp, _) = enrol(&mut browser).await;
+    let (mut attacker, _) = password_step(&app, "uma@example.com").await;
+    let mut statuses = Vec::new();
+    for guess in 0..12 {
+        let page = attacker
+            .submit("/login/2fa", "/login/2fa", &[("code", &format!("{guess:06}"))])
+            .await;
+        statuses.push(page.status);
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(page.headers.contains_key(header::RETRY_AFTER));
+            // Locked: even the right code waits.
+            let code = totp.generate(unix_now() + 30).to_string();
+            let right = attacker
+                .submit("/login/2fa", "/login/2fa", &[("code", &code)])
+                .await;
+            assert_eq!(right.status, StatusCode::TOO_MANY_REQUESTS);
+            break;
+        }
+    }
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert!(attacker.session().is_none());
+}
