@@ -23,10 +23,11 @@ pub enum Action {
     CheckoutStarted,
     PortalOpened,
     SubscriptionStatusChanged,
+    SecurityChanged,
 }
 
 impl Action {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::InvitationSent,
         Self::InvitationResent,
         Self::InvitationRevoked,
@@ -37,6 +38,7 @@ impl Action {
         Self::CheckoutStarted,
         Self::PortalOpened,
         Self::SubscriptionStatusChanged,
+        Self::SecurityChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Action {
             Self::CheckoutStarted => "billing.checkout_started",
             Self::PortalOpened => "billing.portal_opened",
             Self::SubscriptionStatusChanged => "subscription.status_changed",
+            Self::SecurityChanged => "team.security_changed",
         }
     }
 
@@ -67,6 +70,7 @@ impl Action {
             Self::CheckoutStarted => "started a checkout for",
             Self::PortalOpened => "opened the billing portal",
             Self::SubscriptionStatusChanged => "reported a new status for subscription",
+            Self::SecurityChanged => "changed the team's security settings",
         }
     }
 }

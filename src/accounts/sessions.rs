@@ -35,6 +35,10 @@ pub struct Session {
     pub team_id: Uuid,
     pub team_name: String,
     pub role: Role,
+    /// The team asks its members to sign in with a second factor.
+    pub team_requires_2fa: bool,
+    /// The user signs in with a second factor.
+    pub two_factor: bool,
     /// The team's subscription as keel last learned it (for entitlement and the banners).
     pub subscription: Option<Subscription>,
 }
@@ -85,6 +89,9 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let row = sqlx::query!(
         r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
                   u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role AS "role: Role",
+                  t.require_2fa AS team_requires_2fa,
+                  EXISTS (SELECT 1 FROM two_factor tf WHERE tf.user_id = s.user_id AND tf.enabled_at IS NOT NULL)
+                      AS "two_factor!",
                   sub.status AS "sub_status?: SubscriptionStatus", sub.price_id AS "sub_price_id?",
                   sub.current_period_end AS "sub_period_end?",
                   sub.cancel_at_period_end AS "sub_cancel_at_period_end?",
@@ -128,6 +135,8 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
         team_id: row.team_id,
         team_name: row.team_name,
         role: row.role,
+        team_requires_2fa: row.team_requires_2fa,
+        two_factor: row.two_factor,
         subscription: row.sub_status.map(|status| Subscription {
             status,
             price_id: row.sub_price_id,

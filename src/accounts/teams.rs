@@ -276,3 +276,35 @@ async fn move_sessions_off(conn: &mut PgConnection, user_id: Uuid, email: &str, 
     .await?;
     Ok(())
 }
+
+/// Sets whether the team requires two-factor sign-in of its members (the owner's call).
+pub async fn set_require_2fa(
+    db: &PgPool,
+    actor: Actor<'_>,
+    team_id: Uuid,
+    on: bool,
+) -> Result<Result<(), Refused>> {
+    let mut tx = db.begin().await?;
+    if lock(&mut tx, team_id, actor.user_id).await? != Some(Role::Owner) {
+        return Ok(Err(Refused::NotAllowed));
+    }
+    let changed = sqlx::query!(
+        "UPDATE teams SET require_2fa = $2 WHERE id = $1 AND require_2fa <> $2",
+        team_id,
+        on
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        let detail = if on {
+            "two-factor sign-in required"
+        } else {
+            "two-factor sign-in not required"
+        };
+        let event = Event::new(Action::SecurityChanged).detail(detail);
+        audit::record(&mut tx, team_id, Some(actor), event).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(()))
+}

@@ -327,6 +327,8 @@ struct TwoFactorPage {
     enrolment: Option<Enrolment>,
     /// Just turned on: the recovery codes, shown this once.
     recovery_codes: Vec<String>,
+    /// Why the user was sent here (their team requires 2FA).
+    notice: Option<&'static str>,
     errors: FormErrors,
 }
 
@@ -343,6 +345,7 @@ impl TwoFactorPage {
             csrf_token,
             enrolment: state.accounts.begin_two_factor(&user.session).await?,
             recovery_codes: Vec::new(),
+            notice: None,
             errors,
         })
     }
@@ -353,8 +356,13 @@ pub async fn two_factor(
     user: CurrentUser,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
+    Query(query): Query<SettingsQuery>,
 ) -> Result<Html<String>> {
-    render(&TwoFactorPage::new(&state, &user, layout, csrf_token, FormErrors::new()).await?)
+    let mut page = TwoFactorPage::new(&state, &user, layout, csrf_token, FormErrors::new()).await?;
+    if query.notice.as_deref() == Some("team-requires-2fa") {
+        page.notice = Some("Your team requires two-factor sign-in: turn it on to open its pages.");
+    }
+    render(&page)
 }
 
 #[derive(Deserialize)]
@@ -381,6 +389,7 @@ pub async fn enable_two_factor(
             csrf_token,
             enrolment: None,
             recovery_codes,
+            notice: None,
             errors: FormErrors::new(),
         })?
         .into_response()),

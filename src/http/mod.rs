@@ -146,39 +146,44 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             state.clone(),
         ))
     };
+    // The current team's pages: also under the team's policy (see `session::TeamPolicy`).
+    let team_only = |methods: MethodRouter<AppState>| {
+        user_only(methods.route_layer(from_extractor_with_state::<session::TeamPolicy, _>(state.clone())))
+    };
     let signed_in = Router::new()
-        .route("/dashboard", user_only(get(account::dashboard)))
+        .route("/dashboard", team_only(get(account::dashboard)))
         .route("/settings", user_only(get(account::settings)))
         .route("/teams", user_only(form(get(teams::list).post(teams::create))))
         .route("/teams/switch", user_only(form(post(teams::switch))))
-        .route("/team", user_only(get(teams::team)))
+        .route("/team", team_only(get(teams::team)))
+        .route("/team/security", team_only(form(post(teams::security))))
         .route(
             "/team/invitations",
-            user_only(form(post(teams::invite)).layer(auth_rate_limit.clone())),
+            team_only(form(post(teams::invite)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/team/invitations/{id}/resend",
-            user_only(form(post(teams::resend)).layer(auth_rate_limit.clone())),
+            team_only(form(post(teams::resend)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/team/invitations/{id}/revoke",
-            user_only(form(post(teams::revoke))),
+            team_only(form(post(teams::revoke))),
         )
         .route(
             "/team/members/{user_id}/role",
-            user_only(form(post(teams::change_role))),
+            team_only(form(post(teams::change_role))),
         )
         .route(
             "/team/members/{user_id}/remove",
-            user_only(form(post(teams::remove))),
+            team_only(form(post(teams::remove))),
         )
         .route("/team/leave", user_only(form(post(teams::leave))))
-        .route("/team/activity", user_only(get(teams::activity)))
-        .route("/billing", user_only(get(billing::billing)))
-        .route("/billing/checkout", user_only(form(post(billing::checkout))))
-        .route("/billing/portal", user_only(form(post(billing::portal))))
+        .route("/team/activity", team_only(get(teams::activity)))
+        .route("/billing", team_only(get(billing::billing)))
+        .route("/billing/checkout", team_only(form(post(billing::checkout))))
+        .route("/billing/portal", team_only(form(post(billing::portal))))
         // The example paid feature: entitled teams only (see billing::RequireEntitlement).
-        .route("/pro", user_only(get(billing::pro)))
+        .route("/pro", team_only(get(billing::pro)))
         .route("/settings/2fa", user_only(get(account::two_factor)))
         .route(
             "/settings/2fa/enable",

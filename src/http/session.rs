@@ -159,6 +159,25 @@ impl FromRequestParts<AppState> for MaybeUser {
     }
 }
 
+/// A signed-in user who may open the current team's pages: when the team requires two-factor
+/// sign-in (`POST /team/security`), only once they have it; else a 303 to `/settings/2fa`.
+/// (Settings, the team list and leaving the team stay open, so they can enrol or go.)
+pub struct TeamPolicy;
+
+impl FromRequestParts<AppState> for TeamPolicy {
+    type Rejection = NotSignedIn;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, NotSignedIn> {
+        let user = CurrentUser::from_request_parts(parts, state).await?;
+        if user.session.team_requires_2fa && !user.session.two_factor {
+            return Err(NotSignedIn::SignIn(Redirect::to(
+                "/settings/2fa?notice=team-requires-2fa",
+            )));
+        }
+        Ok(Self)
+    }
+}
+
 /// Why a page that needs a signed-in user was not served.
 pub enum NotSignedIn {
     /// No live session: sign in first, then come back here.

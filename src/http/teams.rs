@@ -143,6 +143,8 @@ struct TeamPage {
     your_role: Role,
     /// Everyone but the last owner.
     may_leave: bool,
+    /// The team requires two-factor sign-in of its members.
+    requires_2fa: bool,
     notice: Option<&'static str>,
     members: Vec<MemberRow>,
     /// Owners and admins only.
@@ -216,6 +218,7 @@ async fn team_page(
         team_name: session.team_name.clone(),
         your_role: viewer,
         may_leave: !(viewer == Role::Owner && owners == 1),
+        requires_2fa: session.team_requires_2fa,
         notice: form.notice,
         members,
         invitations,
@@ -247,6 +250,7 @@ fn team_notice(key: Option<&str>) -> Option<&'static str> {
         "role" => Some("Role changed."),
         "removed" => Some("Member removed."),
         "joined" => Some("Welcome to the team."),
+        "security" => Some("Security settings saved."),
         _ => None,
     }
 }
@@ -496,6 +500,48 @@ async fn answer(
         }
         Err(refusal) => Err(refused(refusal)),
     }
+}
+
+#[derive(Deserialize)]
+pub struct SecurityForm {
+    /// `on` when the box is ticked; absent otherwise.
+    require_2fa: Option<String>,
+}
+
+/// `POST /team/security`: the owner requires (or stops requiring) two-factor sign-in.
+pub async fn security(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<SecurityForm>,
+) -> Result<Response> {
+    let on = match form.require_2fa.as_deref() {
+        None => false,
+        Some("on") => true,
+        Some(_) => return Err(AppError::BadRequest("require_2fa is `on` or absent.".to_owned())),
+    };
+    if user.session.role != Role::Owner {
+        return Err(refused(Refused::NotAllowed));
+    }
+    if on && !user.session.two_factor {
+        let message =
+            "Turn on two-factor sign-in for yourself first (Settings), so that you keep access to the team.";
+        return team_refused(
+            &state,
+            &user,
+            layout,
+            csrf_token,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        )
+        .await;
+    }
+    teams::set_require_2fa(&state.db, user.actor(client), user.session.team_id, on)
+        .await?
+        .map_err(refused)?;
+    Ok(Redirect::to("/team?notice=security").into_response())
 }
 
 // ---- the audit log ----

@@ -1003,6 +1003,7 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/team/members/00000000-0000-0000-0000-000000000000/role",
         "/team/members/00000000-0000-0000-0000-000000000000/remove",
         "/team/leave",
+        "/team/security",
         "/invite",
         "/settings/sessions/00000000-0000-0000-0000-000000000000/revoke",
         "/settings/sessions/revoke-others",

@@ -535,3 +535,75 @@ async fn wrong_codes_are_throttled_like_passwords() {
     assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
     assert!(attacker.session().is_none());
 }
+
+#[tokio::test]
+async fn a_team_that_requires_two_factor_sends_members_without_it_to_enrol() {
+    let app = spawn_app().await;
+    let mut owner = Visitor::signed_up(&app, "vera@example.com", PASSWORD).await;
+    owner.submit("/teams", "/teams", &[("name", "Vault")]).await;
+    let refused = owner
+        .submit("/team", "/team/security", &[("require_2fa", "on")])
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.body.contains("for yourself first"), "{}", refused.body);
+    enrol(&mut owner).await;
+    let junk = owner
+        .submit("/team", "/team/security", &[("require_2fa", "yes")])
+        .await;
+    assert_eq!(junk.status, StatusCode::BAD_REQUEST);
+    let saved = owner
+        .submit("/team", "/team/security", &[("require_2fa", "on")])
+        .await;
+    assert_eq!(saved.location(), "/team?notice=security");
+
+    // A member without 2FA, working in the team.
+    let mut walt = Visitor::signed_up(&app, "walt@example.com", PASSWORD).await;
+    let team: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO memberships (team_id, user_id, role)
+         SELECT t.id, u.id, 'member' FROM teams t, users u WHERE t.name = 'Vault' AND u.email = 'walt@example.com'
+         RETURNING team_id",
+    )
+    .fetch_one(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    let csrf = walt.get("/teams").await.csrf_token();
+    walt.post(
+        "/teams/switch",
+        &[("team_id", &team.to_string()), ("csrf_token", &csrf)],
+    )
+    .await;
+    for path in ["/dashboard", "/team", "/team/activity", "/billing", "/pro"] {
+        let page = walt.get(path).await;
+        assert_eq!(
+            page.location(),
+            "/settings/2fa?notice=team-requires-2fa",
+            "{path}"
+        );
+    }
+    let changing_it = walt.submit("/teams", "/team/security", &[]).await;
+    assert_eq!(changing_it.location(), "/settings/2fa?notice=team-requires-2fa");
+    // What lets them enrol or go stays open.
+    assert_eq!(walt.get("/teams").await.status, StatusCode::OK);
+    let enrol_page = walt.get("/settings/2fa?notice=team-requires-2fa").await;
+    assert!(
+        enrol_page.body.contains("Your team requires two-factor sign-in"),
+        "{}",
+        enrol_page.body
+    );
+    enrol(&mut walt).await;
+    assert_eq!(walt.get("/dashboard").await.status, StatusCode::OK);
+    // Only the owner sets the policy.
+    let forbidden = walt.submit("/team", "/team/security", &[]).await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+
+    let activity = owner.get("/team/activity").await;
+    assert!(
+        activity.body.contains("changed the team&#39;s security settings")
+            || activity.body.contains("changed the team's security settings"),
+        "{}",
+        activity.body
+    );
+    let off = owner.submit("/team", "/team/security", &[]).await;
+    assert_eq!(off.location(), "/team?notice=security");
+    assert!(!owner.get("/team").await.body.contains("checked"));
+}

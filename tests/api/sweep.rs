@@ -87,6 +87,7 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
     ("/team/members/{user_id}/role", &["role"]),
     ("/team/members/{user_id}/remove", &[]),
     ("/team/leave", &[]),
+    ("/team/security", &["require_2fa"]),
     ("/invite", &["token"]),
     ("/billing/checkout", &["plan"]),
     ("/billing/portal", &[]),
