@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod email_change;
+pub mod export;
 pub mod invitations;
 pub mod password;
 mod secret_token;
@@ -485,7 +486,13 @@ impl Job for PurgeExpiredAuth {
     async fn run(self, context: JobContext) -> anyhow::Result<()> {
         let sessions = sessions::purge_ended(&context.db).await?;
         let tokens = tokens::purge_expired(&context.db, 7).await?;
-        tracing::info!(sessions, tokens, "purged ended sessions and expired tokens");
+        let exports = export::purge_expired(&context.db).await?;
+        tracing::info!(
+            sessions,
+            tokens,
+            exports,
+            "purged ended sessions, expired tokens and exports"
+        );
         Ok(())
     }
 }

@@ -27,10 +27,11 @@ pub enum Event {
     TwoFactorEnabled,
     TwoFactorDisabled,
     TwoFactorFailed,
+    DataExported,
 }
 
 impl Event {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::AccountCreated,
         Self::SignedIn,
         Self::PasswordChanged,
@@ -42,6 +43,7 @@ impl Event {
         Self::TwoFactorEnabled,
         Self::TwoFactorDisabled,
         Self::TwoFactorFailed,
+        Self::DataExported,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Event {
             Self::TwoFactorEnabled => "two_factor_enabled",
             Self::TwoFactorDisabled => "two_factor_disabled",
             Self::TwoFactorFailed => "two_factor_failed",
+            Self::DataExported => "data_exported",
         }
     }
 
@@ -74,6 +77,7 @@ impl Event {
             Self::TwoFactorEnabled => "Two-factor sign-in turned on",
             Self::TwoFactorDisabled => "Two-factor sign-in turned off",
             Self::TwoFactorFailed => "A wrong two-factor code",
+            Self::DataExported => "A data export was requested",
         }
     }
 }

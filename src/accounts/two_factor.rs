@@ -200,12 +200,19 @@ impl Accounts {
 
     /// Confirms the enrolment with a code of its secret: 2FA is on, and these recovery codes
     /// (shown once) replace any earlier ones.
+    /// Wrong codes count against the password's per-account backoff (`client` goes into the
+    /// security log, `bucket` is its rate-limit bucket).
     pub async fn enable_two_factor(
         &self,
         session: &Session,
         code: &str,
         client: IpAddr,
+        bucket: IpAddr,
     ) -> Result<Result<Vec<String>, CodeRefused>> {
+        let account = AccountKey::user(session.user_id);
+        if let Some(wait) = self.throttle.begin(&account, bucket).await {
+            return Ok(Err(CodeRefused::Locked(wait)));
+        }
         let mut tx = self.db.begin().await?;
         let sealed = sqlx::query_scalar!(
             "SELECT secret_sealed FROM two_factor WHERE user_id = $1 AND enabled_at IS NULL FOR UPDATE",
@@ -246,6 +253,7 @@ impl Accounts {
         )
         .await?;
         tx.commit().await?;
+        self.throttle.succeeded(&account, bucket).await;
         tracing::info!(user_id = %session.user_id, "two-factor sign-in turned on");
         Ok(Ok(codes))
     }

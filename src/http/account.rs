@@ -12,7 +12,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{
-    AppState, billing,
+    AppState,
+    auth::LinkPage,
+    billing,
     client_ip::ClientIp,
     csrf::CsrfToken,
     forms::{FormErrors, render_rejected, render_with_status},
@@ -24,6 +26,7 @@ use crate::{
     accounts::{
         PasswordRefused,
         email_change::EmailChangeRefused,
+        export::Download,
         security::{self, SessionRow},
         two_factor::{CodeRefused, Enrolment},
     },
@@ -68,6 +71,8 @@ struct SettingsPage {
     csrf_token: String,
     email: String,
     email_verified: bool,
+    /// The user signs in with a second factor.
+    two_factor: bool,
     notice: Option<&'static str>,
     /// The new address typed in the email change form.
     typed_email: String,
@@ -81,6 +86,7 @@ impl SettingsPage {
             csrf_token,
             email: user.session.email,
             email_verified: user.session.email_verified,
+            two_factor: user.session.two_factor,
             notice: None,
             typed_email: String::new(),
             errors: FormErrors::new(),
@@ -101,6 +107,9 @@ fn settings_notice(key: Option<&str>) -> Option<&'static str> {
             "A verification link was sent recently. Check your inbox and spam folder, or try again later.",
         ),
         "already-verified" => Some("Your email address is already verified."),
+        "export-started" => Some(
+            "We are preparing your data export and will email you a link to it (usually within a minute).",
+        ),
         "2fa-off" => Some("Two-factor sign-in is off. Your password alone signs you in."),
         "email-change-sent" => Some(
             "We sent a confirmation link to your new address. Your address changes when you follow it (within 24 hours).",
@@ -381,7 +390,7 @@ pub async fn enable_two_factor(
 ) -> Result<Response> {
     match state
         .accounts
-        .enable_two_factor(&user.session, &form.code, client.0)
+        .enable_two_factor(&user.session, &form.code, client.0, client.bucket())
         .await?
     {
         Ok(recovery_codes) => Ok(render(&TwoFactorPage {
@@ -400,9 +409,8 @@ pub async fn enable_two_factor(
             );
             render_rejected(&TwoFactorPage::new(&state, &user, layout, csrf_token, errors).await?)
         }
-        Err(CodeRefused::NothingPending | CodeRefused::Locked(_)) => {
-            Ok(Redirect::to("/settings/2fa").into_response())
-        }
+        Err(CodeRefused::Locked(wait)) => Err(locked(wait)),
+        Err(CodeRefused::NothingPending) => Ok(Redirect::to("/settings/2fa").into_response()),
     }
 }
 
@@ -431,5 +439,57 @@ pub async fn disable_two_factor(
             render_rejected(&TwoFactorPage::new(&state, &user, layout, csrf_token, errors).await?)
         }
         Err(PasswordRefused::Locked(wait)) => Err(locked(wait)),
+    }
+}
+
+// ---- data export ----
+
+pub async fn request_export(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+) -> Result<Redirect> {
+    state
+        .accounts
+        .request_export(user.session.user_id, client.0)
+        .await?;
+    Ok(Redirect::to("/settings?notice=export-started"))
+}
+
+/// `GET /settings/export/{id}`: the JSON document, for its user only (anyone else: 404).
+pub async fn download_export(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    layout: Layout,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
+    match state.accounts.export(user.session.user_id, id).await? {
+        None => Err(AppError::NotFound),
+        Some(Download::Pending) => Err(AppError::Conflict(
+            "Your export is still being prepared: the email comes when it is ready.".to_owned(),
+        )),
+        Some(Download::Expired) => render_with_status(
+            StatusCode::GONE,
+            &LinkPage {
+                layout,
+                title: "This export has expired",
+                message: "Exports can be downloaded for 24 hours. Ask for a new one in your settings."
+                    .to_owned(),
+                action_href: "/settings",
+                action_label: "Go to settings",
+            },
+        ),
+        Some(Download::Ready(document)) => Ok((
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"data-export.json\"",
+                ),
+            ],
+            document.to_string(),
+        )
+            .into_response()),
     }
 }

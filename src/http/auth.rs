@@ -349,6 +349,12 @@ pub async fn second_factor(
         ("", recovery) => Some(SecondFactor::RecoveryCode(recovery)),
         (code, _) => Some(SecondFactor::Code(code)),
     };
+    // A message goes under the field that was used.
+    let field = if matches!(factor, Some(SecondFactor::RecoveryCode(_))) {
+        "recovery_code"
+    } else {
+        "code"
+    };
     let mut errors = FormErrors::new();
     let mut status = StatusCode::UNPROCESSABLE_ENTITY;
     match factor {
@@ -371,7 +377,7 @@ pub async fn second_factor(
                     return Ok(response);
                 }
                 Err(CodeRefused::NothingPending) => return Ok(login_again(&state)),
-                Err(CodeRefused::Wrong) => errors.add("code", "That code is not right, or was used already."),
+                Err(CodeRefused::Wrong) => errors.add(field, "That code is not right, or was used already."),
                 Err(CodeRefused::Locked(wait)) => {
                     status = StatusCode::TOO_MANY_REQUESTS;
                     errors.set_form(format!("Too many wrong codes. Try again in {}.", in_words(wait)));

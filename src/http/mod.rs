@@ -193,6 +193,8 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             "/settings/2fa/disable",
             user_only(form(post(account::disable_two_factor)).layer(auth_rate_limit.clone())),
         )
+        .route("/settings/export", user_only(form(post(account::request_export))))
+        .route("/settings/export/{id}", user_only(get(account::download_export)))
         .route("/settings/sessions", user_only(get(account::sessions)))
         .route(
             "/settings/sessions/{id}/revoke",

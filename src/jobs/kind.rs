@@ -29,6 +29,7 @@ job_kinds! {
     PurgeOldEmails = "mail.purge_old",
     SendPasswordReset = "accounts.send_password_reset",
     PurgeExpiredAuth = "accounts.purge_expired",
+    ExportUserData = "accounts.export_data",
     ProcessStripeEvent = "stripe.process_event",
     NotifyGraceEnded = "stripe.notify_grace_ended",
     ReconcileSubscriptions = "stripe.reconcile",

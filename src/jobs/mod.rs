@@ -25,7 +25,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use sqlx::PgPool;
 
 use crate::{
-    accounts::{PurgeExpiredAuth, SendPasswordReset},
+    accounts::{PurgeExpiredAuth, SendPasswordReset, export::ExportUserData},
     billing::{
         events::NotifyGraceEnded, reconcile::ReconcileSubscriptions, seats::SyncSeats, stripe::Stripe,
         webhooks::ProcessStripeEvent,
@@ -140,6 +140,7 @@ pub fn registry() -> Registry {
         .register::<PurgeOldEmails>()
         .register::<SendPasswordReset>()
         .register::<PurgeExpiredAuth>()
+        .register::<ExportUserData>()
         .register::<ProcessStripeEvent>()
         .register::<NotifyGraceEnded>()
         .register::<ReconcileSubscriptions>()

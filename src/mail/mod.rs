@@ -36,9 +36,9 @@ use crate::{
 
 pub use cap::{CapKind, Capped};
 pub use templates::{
-    AccessPaused, ConfirmNewEmail, EmailChanged, PasswordChanged, PasswordReset, PaymentActionRequired,
-    PaymentFailed, PaymentRecovered, PaymentRetriesExhausted, SmtpTest, TeamInvitation, TrialEnding,
-    VerifyEmail,
+    AccessPaused, ConfirmNewEmail, DataExportReady, EmailChanged, PasswordChanged, PasswordReset,
+    PaymentActionRequired, PaymentFailed, PaymentRecovered, PaymentRetriesExhausted, SmtpTest,
+    TeamInvitation, TrialEnding, VerifyEmail,
 };
 
 /// Each SMTP command may take this long before the attempt counts as failed. (No timeout

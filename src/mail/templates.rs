@@ -113,6 +113,19 @@ email_templates!(
     html: "emails/email_changed/body.html"
 );
 
+/// The user's data export is ready: a link to download it, signed in.
+pub struct DataExportReady {
+    pub address: String,
+    pub link: String,
+}
+
+email_templates!(
+    DataExportReady,
+    subject: "emails/data_export/subject.txt",
+    text: "emails/data_export/body.txt",
+    html: "emails/data_export/body.html"
+);
+
 /// An invitation to join a team: the link shows it and lets the invitee accept.
 pub struct TeamInvitation {
     pub team_name: String,

@@ -1009,6 +1009,7 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/settings/sessions/revoke-others",
         "/settings/email",
         "/settings/2fa/enable",
+        "/settings/export",
         "/settings/2fa/disable",
         "/login/2fa",
     ] {

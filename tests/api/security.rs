@@ -469,6 +469,12 @@ async fn two_factor_sign_in_with_a_code_once_or_a_recovery_code_once() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "a recovery code works once"
     );
+    assert!(
+        again.body.contains("id=\"recovery_code-error\"")
+            && again.body.contains("<details class=\"auth-alt\" open>"),
+        "the message is under the recovery field, shown open: {}",
+        again.body
+    );
 
     // The half-done login is bound to its browser, and ends after 5 minutes.
     let mut stranger = Visitor::new(&app);
@@ -606,4 +612,75 @@ async fn a_team_that_requires_two_factor_sends_members_without_it_to_enrol() {
     let off = owner.submit("/team", "/team/security", &[]).await;
     assert_eq!(off.location(), "/team?notice=security");
     assert!(!owner.get("/team").await.body.contains("checked"));
+}
+
+// ---- data export ----
+
+#[tokio::test]
+async fn a_data_export_reaches_its_user_only_for_a_day() {
+    let (app, smtp) = spawn_app_with_smtp().await;
+    let mut xena = Visitor::signed_up(&app, "xena@example.com", PASSWORD).await;
+    xena.submit("/teams", "/teams", &[("name", "Xena's Shop")]).await;
+    let asked = xena.submit("/settings", "/settings/export", &[]).await;
+    assert_eq!(asked.location(), "/settings?notice=export-started");
+    let link = emailed_link(
+        &smtp,
+        "xena@example.com",
+        "Your data export is ready",
+        "/settings/export/",
+    )
+    .await;
+
+    let download = xena.get(&link).await;
+    assert_eq!(download.status, StatusCode::OK, "{}", download.body);
+    assert_eq!(download.headers[header::CONTENT_TYPE], "application/json");
+    assert!(
+        download.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    let document: serde_json::Value = serde_json::from_str(&download.body).unwrap();
+    assert_eq!(document["profile"]["email"], "xena@example.com");
+    let teams: Vec<&str> = document["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["team"].as_str().unwrap())
+        .collect();
+    assert_eq!(teams, ["xena's team", "Xena's Shop"]);
+    assert_eq!(document["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(document["sessions"][0]["client_ip"], "127.0.0.1");
+    let events: Vec<&str> = document["security_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["account_created", "data_exported"]);
+
+    // Another user, or nobody, cannot have it.
+    let mut yuri = Visitor::signed_up(&app, "yuri@example.com", PASSWORD).await;
+    assert_eq!(yuri.get(&link).await.status, StatusCode::NOT_FOUND);
+    let stranger = Visitor::new(&app).get(&link).await;
+    assert_eq!(stranger.status, StatusCode::SEE_OTHER);
+    assert!(
+        stranger.location().starts_with("/login?next="),
+        "{}",
+        stranger.location()
+    );
+    assert_eq!(
+        xena.get("/settings/export/not-an-id").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // After 24 hours: gone.
+    sqlx::query("UPDATE data_exports SET expires_at = now() - interval '1 second'")
+        .execute(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(xena.get(&link).await.status, StatusCode::GONE);
+    assert_eq!(
+        emails_to(&smtp, "xena@example.com", "Your data export is ready"),
+        1
+    );
 }
