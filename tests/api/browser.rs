@@ -3,15 +3,19 @@
 //! that reached the fake SMTP server, logs out, logs in and sees the dashboard; then creates a
 //! team and invites a new address, and in a second browser context (the invitee, signed out)
 //! follows the emailed invitation link, signs up from it (no verification email: the
-//! invitation vouches for the address) and joins the team, which the owner then sees. It leaves
-//! screenshots of the landing page, the signup form with an error, the dashboard, the
-//! invitation page and the owner's team page in `$CARGO_TARGET_DIR/browser-screenshots/` (or
-//! `KEEL_SCREENSHOTS`; the README's copies in `docs/screenshots/` are refreshed with
+//! invitation vouches for the address) and joins the team, which the owner then sees. Last, the
+//! owner turns on two-factor sign-in from the QR code page (the script computes the TOTP codes
+//! from the `otpauth://` URI's secret itself) and keeps a recovery code; logs out and in: the
+//! password alone leads to `/login/2fa` and no session, the code used to turn it on is refused,
+//! the next step's code signs in; and once more with the recovery code. It leaves screenshots
+//! of the landing page, the signup form with an error, the dashboard, the invitation page, the
+//! owner's team page and the two-factor enrolment in `$CARGO_TARGET_DIR/browser-screenshots/`
+//! (or `KEEL_SCREENSHOTS`; the README's copies in `docs/screenshots/` are refreshed with
 //! `KEEL_SCREENSHOTS=docs/screenshots`).
 //!
 //! The script asks for the emailed links on its stdout (`NEED_LINK <email>` for the
 //! verification link, `NEED_INVITE <email>` for the invitation's) and gets each as one line on
-//! its stdin, read here from the fake SMTP server.
+//! its stdin, read here from the fake SMTP server. The two-factor codes need no help from here.
 //!
 //! Needs Chromium and the script's npm packages: `.ci/run` installs both. Without them this
 //! test fails (it never passes without having run the browser).
@@ -68,7 +72,7 @@ const INVITATION: EmailedLink = EmailedLink {
 };
 
 #[tokio::test]
-async fn a_visitor_signs_up_logs_in_and_invites_someone_who_joins_the_team_in_chromium() {
+async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_sign_in_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scripts = root.join("tests/browser");
     assert!(
