@@ -6,6 +6,7 @@
 //! `http::auth` parse forms and render pages around it.
 
 pub mod audit;
+pub mod deletion;
 pub mod email_change;
 pub mod export;
 pub mod invitations;

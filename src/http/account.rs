@@ -25,6 +25,7 @@ use super::{
 use crate::{
     accounts::{
         PasswordRefused,
+        deletion::DeletionRefused,
         email_change::EmailChangeRefused,
         export::Download,
         security::{self, SessionRow},
@@ -77,6 +78,8 @@ struct SettingsPage {
     /// The new address typed in the email change form.
     typed_email: String,
     errors: FormErrors,
+    /// Why the account was not deleted (its form shares field names with the others).
+    delete_error: Option<String>,
 }
 
 impl SettingsPage {
@@ -90,6 +93,7 @@ impl SettingsPage {
             notice: None,
             typed_email: String::new(),
             errors: FormErrors::new(),
+            delete_error: None,
         }
     }
 }
@@ -492,4 +496,70 @@ pub async fn download_export(
         )
             .into_response()),
     }
+}
+
+// ---- deletion ----
+
+#[derive(Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /settings/delete`: deletes the account (see `accounts::deletion`), 303 `/`.
+pub async fn delete_account(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    client: ClientIp,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Form(form): Form<DeleteForm>,
+) -> Result<Response> {
+    let deleted = state
+        .accounts
+        .delete_account(
+            &user.session,
+            &form.password,
+            &form.confirm,
+            client.bucket(),
+            state.stripe.as_ref(),
+        )
+        .await?;
+    let (status, message) = match deleted {
+        Ok(()) => {
+            let gone = state.cookies.remove_session_cookie();
+            return Ok(([(header::SET_COOKIE, gone)], Redirect::to("/")).into_response());
+        }
+        Err(DeletionRefused::Password(PasswordRefused::Locked(wait))) => return Err(locked(wait)),
+        Err(DeletionRefused::Password(PasswordRefused::WrongPassword)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "This is not your current password: nothing was deleted.".to_owned(),
+        ),
+        Err(DeletionRefused::NotConfirmed) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Type your email address exactly to confirm: nothing was deleted.".to_owned(),
+        ),
+        Err(DeletionRefused::LastOwner(team)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "You are the last owner of {team}, which has other members: make one of them an owner, or remove them, on its team page first. Nothing was deleted."
+            ),
+        ),
+        Err(DeletionRefused::Stripe(error)) => {
+            tracing::warn!(%error, "account not deleted: Stripe did not cancel a subscription");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Your account was not deleted: our payment provider did not answer while we canceled your team's subscription. Please try again in a few minutes.".to_owned(),
+            )
+        }
+    };
+    render_with_status(
+        status,
+        &SettingsPage {
+            delete_error: Some(message),
+            ..SettingsPage::new(layout, csrf_token, user)
+        },
+    )
 }

@@ -194,6 +194,10 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
             user_only(form(post(account::disable_two_factor)).layer(auth_rate_limit.clone())),
         )
         .route("/settings/export", user_only(form(post(account::request_export))))
+        .route(
+            "/settings/delete",
+            user_only(form(post(account::delete_account)).layer(auth_rate_limit.clone())),
+        )
         .route("/settings/export/{id}", user_only(get(account::download_export)))
         .route("/settings/sessions", user_only(get(account::sessions)))
         .route(

@@ -36,8 +36,8 @@ use crate::{
 
 pub use cap::{CapKind, Capped};
 pub use templates::{
-    AccessPaused, ConfirmNewEmail, DataExportReady, EmailChanged, PasswordChanged, PasswordReset,
-    PaymentActionRequired, PaymentFailed, PaymentRecovered, PaymentRetriesExhausted, SmtpTest,
+    AccessPaused, AccountDeleted, ConfirmNewEmail, DataExportReady, EmailChanged, PasswordChanged,
+    PasswordReset, PaymentActionRequired, PaymentFailed, PaymentRecovered, PaymentRetriesExhausted, SmtpTest,
     TeamInvitation, TrialEnding, VerifyEmail,
 };
 

@@ -126,6 +126,18 @@ email_templates!(
     html: "emails/data_export/body.html"
 );
 
+/// The account was deleted (sent to its address, after).
+pub struct AccountDeleted {
+    pub address: String,
+}
+
+email_templates!(
+    AccountDeleted,
+    subject: "emails/account_deleted/subject.txt",
+    text: "emails/account_deleted/body.txt",
+    html: "emails/account_deleted/body.html"
+);
+
 /// An invitation to join a team: the link shows it and lets the invitee accept.
 pub struct TeamInvitation {
     pub team_name: String,

@@ -1010,6 +1010,7 @@ async fn every_state_changing_route_refuses_a_post_without_a_token() {
         "/settings/email",
         "/settings/2fa/enable",
         "/settings/export",
+        "/settings/delete",
         "/settings/2fa/disable",
         "/login/2fa",
     ] {

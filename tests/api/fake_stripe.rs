@@ -327,6 +327,7 @@ impl State {
                 id,
             ),
             ("POST", ["v1", "subscriptions", id]) => self.update_subscription(id, request),
+            ("DELETE", ["v1", "subscriptions", id]) => self.cancel_subscription(id),
             (method, _) => {
                 let message = format!("Unrecognized request URL ({method}: {}).", request.path);
                 error(StatusCode::NOT_FOUND, "invalid_request_error", &message)
@@ -437,6 +438,22 @@ impl State {
         }
         *subscription = updated.clone();
         (StatusCode::OK, updated)
+    }
+
+    /// Like Stripe: a subscription canceled at once; canceling it again is refused.
+    fn cancel_subscription(&mut self, id: &str) -> Answer {
+        let Some(subscription) = self.subscriptions.iter_mut().find(|s| s["id"] == id) else {
+            return no_such(StatusCode::NOT_FOUND, "subscription", id, "id");
+        };
+        if subscription["status"] == "canceled" {
+            let message = format!(
+                "A canceled subscription can only update its cancellation_details and metadata. ({id})"
+            );
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
+        }
+        subscription["status"] = "canceled".into();
+        subscription["canceled_at"] = now().into();
+        (StatusCode::OK, subscription.clone())
     }
 
     /// Stripe's cursor paging, in insertion order: `status` (`all`, one status, or by default

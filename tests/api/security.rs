@@ -684,3 +684,175 @@ async fn a_data_export_reaches_its_user_only_for_a_day() {
         1
     );
 }
+
+// ---- deletion ----
+
+const STRIPE_KEY: &str = "sk_test_keel_deletion_tests";
+
+/// The app with a fake Stripe and an SMTP sink.
+async fn app_with_stripe_and_smtp(
+    fake: &crate::fake_stripe::FakeStripe,
+) -> (TestApp, crate::smtp_server::FakeSmtp) {
+    let url = fake.url();
+    crate::helpers::spawn_app_with_smtp_and(|env| {
+        env.insert("STRIPE_SECRET_KEY", STRIPE_KEY.into());
+        env.insert("STRIPE_API_BASE", url);
+        env.insert("STRIPE_PRICES", "pro=price_deletion_pro".into());
+    })
+    .await
+}
+
+/// A live subscription of the team of `email` (where they are owner), in keel and in Stripe.
+async fn subscribed(app: &TestApp, fake: &crate::fake_stripe::FakeStripe, email: &str, id: &str) {
+    let team: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, state_as_of)
+         SELECT $2, m.team_id, 'cus_deletion', 'active', 'price_deletion_pro', now()
+         FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = $1 AND m.role = 'owner'
+         RETURNING team_id",
+    )
+    .bind(email)
+    .bind(id)
+    .fetch_one(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    fake.put_subscription(serde_json::json!({
+        "id": id, "object": "subscription", "customer": "cus_deletion", "status": "active",
+        "metadata": {"team_id": team.to_string()},
+        "items": {"object": "list", "data": [{"id": format!("si_{id}"), "object": "subscription_item",
+                                              "price": {"id": "price_deletion_pro", "object": "price"}}]}
+    }));
+}
+
+async fn delete(browser: &mut Visitor<'_>, password: &str, confirm: &str) -> Page {
+    browser
+        .submit(
+            "/settings",
+            "/settings/delete",
+            &[("password", password), ("confirm", confirm)],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn deleting_an_account_cancels_what_it_alone_paid_for_and_forgets_the_user() {
+    let fake = crate::fake_stripe::FakeStripe::start().await;
+    let (app, smtp) = app_with_stripe_and_smtp(&fake).await;
+    let mut zoe = Visitor::signed_up(&app, "zoe@example.com", PASSWORD).await;
+    subscribed(&app, &fake, "zoe@example.com", "sub_zoe").await;
+    // Zoe is also a member of Bo's team, which goes on.
+    let mut bo = Visitor::signed_up(&app, "bo@example.com", PASSWORD).await;
+    bo.submit("/teams", "/teams", &[("name", "Bo's Band")]).await;
+    let mut db = app.database.connect().await;
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role)
+         SELECT t.id, u.id, 'member' FROM teams t, users u WHERE t.name = 'Bo''s Band' AND u.email = 'zoe@example.com'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO team_audit_log (team_id, actor_id, actor_email, client_ip, action, subject)
+         SELECT t.id, u.id, u.email, '192.0.2.7', 'invitation.accepted', u.email
+         FROM teams t, users u WHERE t.name = 'Bo''s Band' AND u.email = 'zoe@example.com'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    for (password, confirm, message) in [
+        (
+            "wrong password",
+            "zoe@example.com",
+            "This is not your current password",
+        ),
+        (PASSWORD, "someone@example.com", "Type your email address exactly"),
+    ] {
+        let page = delete(&mut zoe, password, confirm).await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(page.body.contains(message), "{message}: {}", page.body);
+    }
+    // Stripe down: nothing is deleted, and the page says so.
+    fake.set_mode(crate::fake_stripe::Mode::Fail(500));
+    let down = delete(&mut zoe, PASSWORD, "Zoe@Example.com").await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        down.body.contains("Your account was not deleted"),
+        "{}",
+        down.body
+    );
+    assert_eq!(zoe.get("/dashboard").await.status, StatusCode::OK);
+    fake.set_mode(crate::fake_stripe::Mode::Normal);
+
+    let deleted = delete(&mut zoe, PASSWORD, "Zoe@Example.com").await;
+    assert_eq!((deleted.status, deleted.location()), (StatusCode::SEE_OTHER, "/"));
+    assert!(zoe.session().is_none());
+    assert_eq!(zoe.get("/dashboard").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        log_in(&app, "zoe@example.com").await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Her own team's subscription was canceled in Stripe, with its idempotency key.
+    assert_eq!(fake.subscription("sub_zoe").unwrap()["status"], "canceled");
+    let requests = fake.requests();
+    let cancel = requests.iter().rev().find(|r| r.method == "DELETE").unwrap();
+    assert_eq!(cancel.idempotency_key.as_deref(), Some("keel-cancel-sub_zoe"));
+    // Her team is gone; Bo's stays, and its log no longer names her.
+    let teams: Vec<String> = sqlx::query_scalar("SELECT name FROM teams ORDER BY name")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(teams, ["Bo's Band", "bo's team"]);
+    let row: (Option<String>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT actor_email, host(client_ip), subject FROM team_audit_log WHERE action = 'invitation.accepted'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(row, (None, None, Some("a deleted user".to_owned())));
+    let anywhere: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM users WHERE email = 'zoe@example.com')
+              + (SELECT count(*) FROM team_audit_log WHERE actor_email = 'zoe@example.com' OR subject = 'zoe@example.com')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(anywhere, 0);
+    assert!(bo.get("/team").await.body.contains("bo@example.com"));
+    emailed_link(&smtp, "zoe@example.com", "Your account was deleted", "").await;
+}
+
+#[tokio::test]
+async fn the_last_owner_of_a_team_with_members_cannot_delete_their_account() {
+    let app = spawn_app().await;
+    let mut ann = Visitor::signed_up(&app, "ann.owner@example.com", PASSWORD).await;
+    ann.submit("/teams", "/teams", &[("name", "Ann's Agency")]).await;
+    Visitor::signed_up(&app, "ben@example.com", PASSWORD).await;
+    sqlx::query(
+        "INSERT INTO memberships (team_id, user_id, role)
+         SELECT t.id, u.id, 'member' FROM teams t, users u WHERE t.name = 'Ann''s Agency' AND u.email = 'ben@example.com'",
+    )
+    .execute(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    let refused = delete(&mut ann, PASSWORD, "ann.owner@example.com").await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused.body.contains("last owner of Ann&#39;s Agency"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(ann.get("/dashboard").await.status, StatusCode::OK);
+    // Once Ben is an owner too, she may go; the team stays with him.
+    sqlx::query("UPDATE memberships SET role = 'owner'")
+        .execute(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    let deleted = delete(&mut ann, PASSWORD, "ann.owner@example.com").await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.body);
+    let members: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM memberships m JOIN teams t ON t.id = m.team_id WHERE t.name = 'Ann''s Agency'",
+    )
+    .fetch_one(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    assert_eq!(members, 1);
+}

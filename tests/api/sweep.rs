@@ -76,6 +76,7 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
     ("/settings/email", &["email", "password"]),
     ("/settings/2fa/enable", &["code"]),
     ("/settings/export", &[]),
+    ("/settings/delete", &["password", "confirm"]),
     ("/settings/2fa/disable", &["password"]),
     ("/login/2fa", &["code", "recovery_code"]),
     ("/settings/resend-verification", &[]),

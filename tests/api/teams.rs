@@ -977,7 +977,7 @@ async fn a_removed_member_stays_signed_in_without_the_team_and_the_log_records_i
             "member.left 127.0.0.1",
         ]
     );
-    // Append-only.
+    // Append-only: an update may only erase personal data.
     let update = sqlx::query("UPDATE team_audit_log SET action = 'x'")
         .execute(&mut db(&app).await)
         .await;
