@@ -388,10 +388,11 @@ impl Accounts {
             tracing::warn!(%client, %user_id, wait_secs = wait.as_secs(), "refused: too many wrong current passwords");
             return Ok(Err(PasswordRefused::Locked(wait)));
         }
+        // `None` when the account was deleted meanwhile (the same form posted twice): refused.
         let stored = sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
-            .fetch_one(&self.db)
+            .fetch_optional(&self.db)
             .await?;
-        if !self.passwords.verify(password, Some(stored)).await? {
+        if !self.passwords.verify(password, stored).await? {
             tracing::warn!(%client, %user_id, "wrong current password");
             return Ok(Err(PasswordRefused::WrongPassword));
         }

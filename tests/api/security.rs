@@ -856,3 +856,29 @@ async fn the_last_owner_of_a_team_with_members_cannot_delete_their_account() {
     .unwrap();
     assert_eq!(members, 1);
 }
+
+#[tokio::test]
+async fn a_deletion_posted_twice_at_once_deletes_once_and_answers_both() {
+    let app = spawn_app().await;
+    let mut cleo = Visitor::signed_up(&app, "cleo.twice@example.com", PASSWORD).await;
+    let mut twin = Visitor::new(&app);
+    twin.cookies = cleo.cookies.clone();
+    let csrf = cleo.get("/settings").await.csrf_token();
+    let fields = [
+        ("password", PASSWORD),
+        ("confirm", "cleo.twice@example.com"),
+        ("csrf_token", csrf.as_str()),
+    ];
+    let (a, b) = tokio::join!(
+        cleo.post("/settings/delete", &fields),
+        twin.post("/settings/delete", &fields)
+    );
+    let statuses = [a.status, b.status];
+    assert!(statuses.contains(&StatusCode::SEE_OTHER), "{statuses:?}");
+    assert!(statuses.iter().all(|s| !s.is_server_error()), "{statuses:?}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+}
