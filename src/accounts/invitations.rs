@@ -99,43 +99,36 @@ pub async fn pending(db: &PgPool, team_id: Uuid) -> Result<Vec<Pending>> {
 /// The invitation behind `token`, or why there is none to accept.
 pub async fn find(db: &PgPool, token: &SecretToken) -> Result<Result<Invitation, LinkProblem>> {
     let mut conn = db.acquire().await?;
-    find_on(&mut conn, token, false).await
+    find_on(&mut conn, token).await
 }
 
-/// [`find`] on `conn`; `for_update` locks the invitation's row (to accept it).
-async fn find_on(
-    conn: &mut PgConnection,
-    token: &SecretToken,
-    for_update: bool,
-) -> Result<Result<Invitation, LinkProblem>> {
+/// [`find`] on `conn`, locking the invitation's row until `conn`'s transaction ends (to accept
+/// it; outside a transaction, only for the statement).
+async fn find_on(conn: &mut PgConnection, token: &SecretToken) -> Result<Result<Invitation, LinkProblem>> {
     let digest = token.digest();
-    // Two spellings of one query: sqlx checks each at compile time.
-    let row = if for_update {
-        sqlx::query!(
-            r#"SELECT i.team_id, t.name AS team_name, i.email, i.role AS "role: Role", u.email AS "invited_by?",
-                      i.accepted_at IS NOT NULL AS "accepted!", i.revoked_at IS NOT NULL AS "revoked!",
-                      i.expires_at <= now() AS "expired!"
-               FROM invitations i JOIN teams t ON t.id = i.team_id LEFT JOIN users u ON u.id = i.invited_by
-               WHERE i.token_hash = $1
-               FOR UPDATE OF i"#,
-            digest,
+    let row = sqlx::query!(
+        r#"SELECT i.team_id, t.name AS team_name, i.email, i.role AS "role: Role", u.email AS "invited_by?",
+                  i.accepted_at IS NOT NULL AS "accepted!", i.revoked_at IS NOT NULL AS "revoked!",
+                  i.expires_at <= now() AS "expired!"
+           FROM invitations i JOIN teams t ON t.id = i.team_id LEFT JOIN users u ON u.id = i.invited_by
+           WHERE i.token_hash = $1
+           FOR UPDATE OF i"#,
+        digest,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| {
+        (
+            r.team_id,
+            r.team_name,
+            r.email,
+            r.role,
+            r.invited_by,
+            r.accepted,
+            r.revoked,
+            r.expired,
         )
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| (r.team_id, r.team_name, r.email, r.role, r.invited_by, r.accepted, r.revoked, r.expired))
-    } else {
-        sqlx::query!(
-            r#"SELECT i.team_id, t.name AS team_name, i.email, i.role AS "role: Role", u.email AS "invited_by?",
-                      i.accepted_at IS NOT NULL AS "accepted!", i.revoked_at IS NOT NULL AS "revoked!",
-                      i.expires_at <= now() AS "expired!"
-               FROM invitations i JOIN teams t ON t.id = i.team_id LEFT JOIN users u ON u.id = i.invited_by
-               WHERE i.token_hash = $1"#,
-            digest,
-        )
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| (r.team_id, r.team_name, r.email, r.role, r.invited_by, r.accepted, r.revoked, r.expired))
-    };
+    });
     let Some((team_id, team_name, email, role, invited_by, accepted, revoked, expired)) = row else {
         let replaced = sqlx::query_scalar!(
             r#"SELECT EXISTS (SELECT 1 FROM invitation_old_links WHERE token_hash = $1) AS "replaced!""#,
@@ -397,7 +390,7 @@ impl Accounts {
         };
         let mut tx = self.db.begin().await?;
         teams::lock(&mut tx, team_id, actor.user_id).await?;
-        let invitation = match find_on(&mut tx, token, true).await? {
+        let invitation = match find_on(&mut tx, token).await? {
             Ok(invitation) => invitation,
             Err(problem) => return Ok(Err(AcceptRefused::Link(problem))),
         };

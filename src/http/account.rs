@@ -114,7 +114,6 @@ fn settings_notice(key: Option<&str>) -> Option<&'static str> {
         "export-started" => Some(
             "We are preparing your data export and will email you a link to it (usually within a minute).",
         ),
-        "2fa-off" => Some("Two-factor sign-in is off. Your password alone signs you in."),
         "email-change-sent" => Some(
             "We sent a confirmation link to your new address. Your address changes when you follow it (within 24 hours).",
         ),
@@ -437,7 +436,7 @@ pub async fn disable_two_factor(
         .disable_two_factor(&user.session, &form.password, client.bucket())
         .await?
     {
-        Ok(()) => Ok(Redirect::to("/settings?notice=2fa-off").into_response()),
+        Ok(()) => Ok(Redirect::to("/settings").into_response()),
         Err(PasswordRefused::WrongPassword) => {
             let errors = FormErrors::new().with("password", "This is not your current password.");
             render_rejected(&TwoFactorPage::new(&state, &user, layout, csrf_token, errors).await?)

@@ -190,7 +190,7 @@ pub async fn billing(
         .collect();
     let per_seat_price = (subscription.as_ref())
         .and_then(|subscription| subscription.price_id.as_deref())
-        .filter(|price| state.config.stripe.per_seat_prices().iter().any(|p| p == price));
+        .filter(|price| (state.config.stripe.prices.iter()).any(|p| p.per_seat && p.price_id == *price));
     let seats = match per_seat_price {
         Some(price) => Some(seats::of_team(&state.db, user.session.team_id, price).await?),
         None => None,

@@ -145,7 +145,6 @@ struct TeamPage {
     may_leave: bool,
     /// The team requires two-factor sign-in of its members.
     requires_2fa: bool,
-    notice: Option<&'static str>,
     members: Vec<MemberRow>,
     /// Owners and admins only.
     invitations: Vec<Pending>,
@@ -165,10 +164,9 @@ struct MemberRow {
     removable: bool,
 }
 
-/// What the team page shows after a form.
+/// What the team page shows again after a refused form.
 #[derive(Default)]
 struct TeamForm {
-    notice: Option<&'static str>,
     typed_email: String,
     typed_role: String,
     errors: FormErrors,
@@ -219,7 +217,6 @@ async fn team_page(
         your_role: viewer,
         may_leave: !(viewer == Role::Owner && owners == 1),
         requires_2fa: session.team_requires_2fa,
-        notice: form.notice,
         members,
         invitations,
         invite_roles: Role::ALL
@@ -236,37 +233,13 @@ async fn team_page(
     })
 }
 
-#[derive(Deserialize)]
-pub struct NoticeQuery {
-    notice: Option<String>,
-}
-
-/// The messages `/team?notice=…` can show (set by our own redirects).
-fn team_notice(key: Option<&str>) -> Option<&'static str> {
-    match key? {
-        "invited" => Some("Invitation sent."),
-        "resent" => Some("Invitation sent again, with a new link: the old one no longer works."),
-        "revoked" => Some("Invitation revoked: its link no longer works."),
-        "role" => Some("Role changed."),
-        "removed" => Some("Member removed."),
-        "joined" => Some("Welcome to the team."),
-        "security" => Some("Security settings saved."),
-        _ => None,
-    }
-}
-
 pub async fn team(
     State(state): State<AppState>,
     user: CurrentUser,
     layout: Layout,
     CsrfToken(csrf_token): CsrfToken,
-    Query(query): Query<NoticeQuery>,
 ) -> Result<Html<String>> {
-    let form = TeamForm {
-        notice: team_notice(query.notice.as_deref()),
-        ..TeamForm::default()
-    };
-    render(&team_page(&state, &user, layout, csrf_token, form).await?)
+    render(&team_page(&state, &user, layout, csrf_token, TeamForm::default()).await?)
 }
 
 /// The team page again with `status` and a message for the whole form.
@@ -348,7 +321,7 @@ pub async fn invite(
             team_name: &user.session.team_name,
         };
         match state.accounts.invite(inviter, &email, role).await? {
-            Ok(()) => return Ok(Redirect::to("/team?notice=invited").into_response()),
+            Ok(()) => return Ok(Redirect::to("/team").into_response()),
             Err(InviteRefused::AlreadyMember) => {
                 errors.add("email", "This address is already a member of the team.")
             }
@@ -363,7 +336,6 @@ pub async fn invite(
         }
     }
     let form = TeamForm {
-        notice: None,
         typed_email: form.email,
         typed_role: form.role,
         errors,
@@ -386,7 +358,7 @@ pub async fn resend(
         team_name: &user.session.team_name,
     };
     match state.accounts.resend_invitation(inviter, id).await? {
-        Ok(()) => Ok(Redirect::to("/team?notice=resent").into_response()),
+        Ok(()) => Ok(Redirect::to("/team").into_response()),
         Err(InviteRefused::Capped) => {
             let message = "An email went to this address a moment ago. Try again in a minute.";
             team_refused(
@@ -416,7 +388,7 @@ pub async fn revoke(
         .revoke_invitation(user.actor(client), user.session.team_id, id)
         .await?
         .map_err(refused)?;
-    Ok(Redirect::to("/team?notice=revoked"))
+    Ok(Redirect::to("/team"))
 }
 
 #[derive(Deserialize)]
@@ -449,7 +421,7 @@ pub async fn change_role(
     };
     let outcome =
         teams::change_role(&state.db, user.actor(client), user.session.team_id, user_id, role).await?;
-    answer(&state, &user, layout, csrf_token, outcome, "/team?notice=role").await
+    answer(&state, &user, layout, csrf_token, outcome, "/team").await
 }
 
 pub async fn remove(
@@ -465,7 +437,7 @@ pub async fn remove(
     let to = if user_id == user.session.user_id {
         "/teams"
     } else {
-        "/team?notice=removed"
+        "/team"
     };
     answer(&state, &user, layout, csrf_token, outcome, to).await
 }
@@ -541,7 +513,7 @@ pub async fn security(
     teams::set_require_2fa(&state.db, user.actor(client), user.session.team_id, on)
         .await?
         .map_err(refused)?;
-    Ok(Redirect::to("/team?notice=security").into_response())
+    Ok(Redirect::to("/team").into_response())
 }
 
 // ---- the audit log ----
@@ -743,11 +715,7 @@ pub async fn accept(
         .accept_invitation(user.actor(client), &user.token, &token)
         .await?
     {
-        Ok(_) => Ok(forget_link(
-            &state,
-            cookie,
-            Redirect::to("/team?notice=joined").into_response(),
-        )),
+        Ok(_) => Ok(forget_link(&state, cookie, Redirect::to("/team").into_response())),
         Err(AcceptRefused::Link(problem)) => Ok(forget_link(&state, cookie, link_problem(layout, problem)?)),
         Err(AcceptRefused::OtherAddress(_)) => {
             // Show the invitation again, saying which address it is for.
