@@ -119,9 +119,14 @@ impl Accounts {
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query!("DELETE FROM teams WHERE id = ANY($1)", &alone)
-            .execute(&mut *tx)
-            .await?;
+        // Only while the user is still alone there: a team someone joined meanwhile stays.
+        sqlx::query!(
+            "DELETE FROM teams t WHERE t.id = ANY($1)
+               AND (SELECT count(*) FROM memberships m WHERE m.team_id = t.id) = 1",
+            &alone
+        )
+        .execute(&mut *tx)
+        .await?;
         // Sessions, memberships, tokens, 2FA, the security log and exports go with the user.
         sqlx::query!("DELETE FROM users WHERE id = $1", user_id)
             .execute(&mut *tx)
