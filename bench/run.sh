@@ -6,7 +6,9 @@
 #     (includes connecting to PostgreSQL, creating the database and migrating);
 #   - idle RSS (1 s after ready) and peak RSS (after all load runs) of keel;
 #   - req/s and p99 latency with wrk for keel's /, /health and /health/live,
-#     and for examples/bare_hello serving the very bytes keel's / returned.
+#     and for examples/bare_hello serving the very bytes keel's / returned;
+#   - then /dashboard signed in, directly and from a second keel whose pool goes through
+#     PgBouncer (1.21+, transaction mode), logins, and webhook ingest.
 # The bare server is measured before and after keel; the mean of the two runs
 # is the baseline, so "ratio vs bare" is keel's middleware + templating cost on
 # this (noisy, 2-core) machine rather than an absolute number.
@@ -67,6 +69,8 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 COMMAND="BENCH_DURATION=$DURATION bash bench/run.sh${*:+ $*}"
 
 KEEL_PID=""
+KEEL2_PID="" # keel through PgBouncer
+PGB_PID=""
 BARE_PID=""
 WRK_PID=""
 DB_CREATED=0 # set once keel (which creates the database) has been spawned
@@ -144,6 +148,8 @@ cleanup() {
     stop_server "$WRK_PID"
     stop_server "$BARE_PID"
     stop_server "$KEEL_PID"
+    stop_server "$KEEL2_PID"
+    stop_server "$PGB_PID"
     if ((DB_CREATED)); then
         db_admin "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
             printf 'WARNING: could not drop database %s\n' "$BENCH_DB" >&2
@@ -295,20 +301,21 @@ DB_CREATED=1
 # Logging as in production (JSON lines, the default `info` filter: one access-log line per
 # request), so the ratio includes what logging costs. The rate limit is raised out of the way
 # but still runs: its per-request cost is part of the measurement.
+KEEL_ENV=(
+    APP_ENV=development
+    BIND_ADDR="127.0.0.1:$KEEL_PORT"
+    DATABASE_URL="$DB_SERVER/$BENCH_DB?sslmode=disable"
+    REDIS_URL="$REDIS_URL"
+    SECRET_KEY="$SECRET_KEY"
+    STRIPE_WEBHOOK_SECRET="$WEBHOOK_SECRET"
+    RATE_LIMIT_PER_SECOND=1000000
+    RATE_LIMIT_BURST=1000000
+    AUTH_RATE_LIMIT_PER_MINUTE=1000000
+    LOG_FORMAT=json
+)
 start_keel() {
     local start_us=${EPOCHREALTIME/[.,]/}
-    env -u RUST_LOG \
-        APP_ENV=development \
-        BIND_ADDR="127.0.0.1:$KEEL_PORT" \
-        DATABASE_URL="$DB_SERVER/$BENCH_DB?sslmode=disable" \
-        REDIS_URL="$REDIS_URL" \
-        SECRET_KEY="$SECRET_KEY" \
-        STRIPE_WEBHOOK_SECRET="$WEBHOOK_SECRET" \
-        RATE_LIMIT_PER_SECOND=1000000 \
-        RATE_LIMIT_BURST=1000000 \
-        AUTH_RATE_LIMIT_PER_MINUTE=1000000 \
-        LOG_FORMAT=json \
-        "$KEEL" serve >>"$WORK/keel.log" 2>&1 &
+    env -u RUST_LOG "${KEEL_ENV[@]}" "$KEEL" serve >>"$WORK/keel.log" 2>&1 &
     KEEL_PID=$!
     wait_ready keel "$KEEL_PID" "$KEEL_PORT" /health/live "$WORK/keel.log" "$start_us"
 }
@@ -394,6 +401,60 @@ members=$(curl -fsS --max-time 5 -H "Cookie: $SESSION_COOKIE" "$KEEL_URL/team" |
 [[ "$members" == 50 ]] || die "/team lists $members members, not 50"
 run_wrk dashboard "$KEEL_URL/dashboard" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
 run_wrk team "$KEEL_URL/team" "$KEEL_PID" -H "Cookie: $SESSION_COOKIE"
+
+# ------------------------------------------------------------ PgBouncer ---
+
+# /dashboard again, from a second keel (`serve --no-worker`) whose pool goes through PgBouncer
+# in transaction mode, migrations and LISTEN over DATABASE_DIRECT_URL: same database, same
+# session, same run. PgBouncer pools as many server connections as keel's pool holds (10).
+PGB_BIN=""
+for candidate in /usr/local/bin/pgbouncer /usr/sbin/pgbouncer; do
+    minor=$("$candidate" --version 2>/dev/null | sed -n 's/^PgBouncer 1\.\([0-9]*\)\..*/\1/p')
+    if [[ -n "$minor" ]] && ((minor >= 21)); then PGB_BIN=$candidate; break; fi
+done
+[[ -n "$PGB_BIN" ]] || die "PgBouncer 1.21 or later is required: bash scripts/install-pgbouncer.sh"
+read -r PG_HOST PG_PORT PG_USER PG_PASSWORD < <(python3 -c '
+import sys, urllib.parse
+url = urllib.parse.urlsplit(sys.argv[1])
+print(url.hostname or "127.0.0.1", url.port or 5432, url.username or "postgres", url.password or "")' "$DB_SERVER")
+PGB_PORT=$(free_port)
+chmod 755 "$WORK"
+cat >"$WORK/pgbouncer.ini" <<INI
+[databases]
+* = host=$PG_HOST port=$PG_PORT user=$PG_USER password=${PG_PASSWORD:-}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/pgbouncer-users.txt
+pool_mode = transaction
+max_prepared_statements = 100
+default_pool_size = 10
+ignore_startup_parameters = extra_float_digits
+INI
+printf '"%s" ""\n' "$PG_USER" >"$WORK/pgbouncer-users.txt"
+chmod 644 "$WORK/pgbouncer.ini" "$WORK/pgbouncer-users.txt"
+log "$("$PGB_BIN" --version | head -n 1) on 127.0.0.1:$PGB_PORT, transaction mode"
+if ((EUID == 0)); then
+    # PgBouncer refuses to run as root.
+    setpriv --reuid=postgres --regid=postgres --init-groups "$PGB_BIN" "$WORK/pgbouncer.ini" 2>"$WORK/pgbouncer.log" &
+else
+    "$PGB_BIN" "$WORK/pgbouncer.ini" 2>"$WORK/pgbouncer.log" &
+fi
+PGB_PID=$!
+KEEL2_PORT=$(free_port)
+start_us=${EPOCHREALTIME/[.,]/}
+env -u RUST_LOG "${KEEL_ENV[@]}" \
+    BIND_ADDR="127.0.0.1:$KEEL2_PORT" \
+    DATABASE_URL="postgres://$PG_USER@127.0.0.1:$PGB_PORT/$BENCH_DB?sslmode=disable" \
+    DATABASE_DIRECT_URL="$DB_SERVER/$BENCH_DB?sslmode=disable" \
+    "$KEEL" serve --no-worker >>"$WORK/keel-pgbouncer.log" 2>&1 &
+KEEL2_PID=$!
+wait_ready "keel through PgBouncer" "$KEEL2_PID" "$KEEL2_PORT" /health "$WORK/keel-pgbouncer.log" "$start_us"
+run_wrk dashboard_pgbouncer "http://127.0.0.1:$KEEL2_PORT/dashboard" "$KEEL2_PID" -H "Cookie: $SESSION_COOKIE"
+stop_server "$KEEL2_PID"
+stop_server "$PGB_PID"
 
 # Logins: a wrk script posting the login form (right password: each one hashes and starts a
 # session). The CSRF token is bound to the browser cookie fetched here. Each attempt is
@@ -545,7 +606,7 @@ row() {
 }
 
 FAILED_RUNS="none"
-for key in bare1 root health live bare2 dashboard team login health_flood webhook; do
+for key in bare1 root health live bare2 dashboard team dashboard_pgbouncer login health_flood webhook; do
     if ((NON2XX[$key] + SOCKET_ERRORS[$key] > 0)); then
         [[ "$FAILED_RUNS" == none ]] && FAILED_RUNS="WARNING:"
         FAILED_RUNS+=" $key (${NON2XX[$key]} non-2xx/3xx, ${SOCKET_ERRORS[$key]} socket errors)"
@@ -573,6 +634,7 @@ REPORT="$RESULTS_DIR/$STAMP.md"
     row bare2 bare_hello / '(run 2)'
     row dashboard keel /dashboard '(signed in, a member of 3 teams)'
     row team keel /team '(the owner of 50 members: 50 rows of forms)'
+    row dashboard_pgbouncer keel /dashboard "(the same, through PgBouncer in transaction mode: $(calc '%.2f' "${RPS[dashboard_pgbouncer]} / ${RPS[dashboard]}")× direct)"
     row login keel 'POST /login' '(argon2id m=19 MiB t=2 p=1)'
     row health_flood keel /health "(while logins flood: ${FLOOD_RPS} logins/s)"
     row webhook keel 'POST /webhooks/stripe' "(distinct signed events: ${WEBHOOK_EPS} stored/s)"

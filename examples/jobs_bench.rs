@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(16)
         .connect(url)
         .await?;
-    keel::db::migrate(&pool).await?;
+    keel::db::MIGRATOR.run(&pool).await?;
     STARTS.get_or_init(|| Mutex::new(Vec::new()));
 
     let config = WorkerConfig::default();

@@ -62,7 +62,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         crate::telemetry::metrics();
         let db = db::connect(&config).await?;
-        db::migrate(&db).await?;
+        db::migrate(&config, &db).await?;
         let cache = Cache::connect(&config)?;
         let health = HealthChecker::new(db.clone(), cache.clone(), config.health_check_timeout);
         let listener = TcpListener::bind(config.bind_addr)
@@ -102,7 +102,8 @@ impl App {
             jobs::schedule(&state.config),
             WorkerConfig::default(),
         )
-        .with_stripe(stripe, state.config.stripe.per_seat_prices());
+        .with_stripe(stripe, state.config.stripe.per_seat_prices())
+        .with_direct(db::direct_options(&state.config)?);
         Ok(Self {
             listener,
             router,

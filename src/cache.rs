@@ -3,7 +3,13 @@
 //! The connection is made lazily and re-made after failures, so keel starts and serves while
 //! Redis is down; `/health` reports it.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -18,6 +24,9 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Cache {
     connection: ConnectionManager,
     prefix: Arc<str>,
+    /// Set while the limits kept in Redis (login backoff, the auth forms' budget) count in this
+    /// process instead, because Redis failed their last command. `/health` warns meanwhile.
+    limits_local: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -34,6 +43,7 @@ impl Cache {
         Ok(Self {
             connection,
             prefix: config.redis_key_prefix.as_str().into(),
+            limits_local: Arc::default(),
         })
     }
 
@@ -45,6 +55,25 @@ impl Cache {
     /// A handle on the shared connection, for commands of a feature's own.
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
+    }
+
+    /// A limit could not reach Redis and counts in this process: logged once, until
+    /// [`Self::limits_shared`].
+    pub fn limits_local(&self, error: &redis::RedisError) {
+        if !self.limits_local.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "Redis unavailable: the auth limits are counted per instance until it answers");
+        }
+    }
+
+    /// A limit reached Redis: every instance shares its counts again.
+    pub fn limits_shared(&self) {
+        if self.limits_local.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: the auth limits are shared by every instance");
+        }
+    }
+
+    pub fn limits_are_local(&self) -> bool {
+        self.limits_local.load(Ordering::Relaxed)
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

@@ -156,6 +156,9 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     pub base_url: Url,
     pub database_url: SecretString,
+    /// A direct (session) connection for migrations and `LISTEN`, when `DATABASE_URL` goes
+    /// through PgBouncer in transaction mode.
+    pub database_direct_url: Option<SecretString>,
     pub database_max_connections: u32,
     /// HTTP connections served at once; more wait in the accept queue.
     pub max_connections: u32,
@@ -249,6 +252,7 @@ impl Config {
             defaults::DATABASE_URL,
             &["postgres", "postgresql"],
         );
+        let database_direct_url = r.database_direct_url();
         let database_max_connections =
             r.positive("DATABASE_MAX_CONNECTIONS", defaults::DATABASE_MAX_CONNECTIONS);
         let max_connections = r.positive("MAX_CONNECTIONS", defaults::MAX_CONNECTIONS);
@@ -289,6 +293,7 @@ impl Config {
             bind_addr,
             base_url,
             database_url,
+            database_direct_url,
             database_max_connections,
             max_connections,
             redis_url,
@@ -541,6 +546,14 @@ impl Reader<'_> {
             }
         }
         prices
+    }
+
+    fn database_direct_url(&mut self) -> Option<SecretString> {
+        let raw = self.get("DATABASE_DIRECT_URL")?;
+        if !Url::parse(raw.trim()).is_ok_and(|url| matches!(url.scheme(), "postgres" | "postgresql")) {
+            self.problem("DATABASE_DIRECT_URL", "is not a valid URL: expected postgres://…");
+        }
+        Some(SecretString::from(raw.trim().to_owned()))
     }
 
     fn smtp_url(&mut self) -> Option<SecretString> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secrecy::ExposeSecret as _;
 use sqlx::{
-    Connection as _, PgPool, Postgres,
+    Connection as _, PgConnection, PgPool, Postgres,
     migrate::{MigrateDatabase as _, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -30,9 +30,7 @@ const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// the server offers TLS: ~90 ms measured against a local server).
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     let url = config.database_url.expose_secret();
-    let options: PgConnectOptions = url
-        .parse()
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let options = connect_options(url, "DATABASE_URL")?;
     let database = options.get_database().unwrap_or_default().to_owned();
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
@@ -50,15 +48,18 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
                 Ok(true)
             })
         })
-        .connect_lazy_with(options.application_name(crate::NAME));
+        .connect_lazy_with(options);
     if !config.is_production() {
         match pool.acquire().await {
             Ok(_) => {}
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNKNOWN_DATABASE) => {
-                Postgres::create_database(url)
-                    .await
-                    .context("creating the development database")?;
-                tracing::info!(database, "created database");
+                match Postgres::create_database(direct_url(config)).await {
+                    Ok(()) => tracing::info!(database, "created database"),
+                    // Another instance starting at the same moment made it first.
+                    Err(sqlx::Error::Database(error))
+                        if error.code().as_deref() == Some(DUPLICATE_DATABASE) => {}
+                    Err(error) => return Err(error).context("creating the development database"),
+                }
             }
             Err(error) => return Err(error).context("connecting to PostgreSQL"),
         }
@@ -68,10 +69,50 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 
 /// SQLSTATE `invalid_catalog_name`: the database named in the URL does not exist.
 const UNKNOWN_DATABASE: &str = "3D000";
+/// SQLSTATE `duplicate_database`.
+const DUPLICATE_DATABASE: &str = "42P04";
 
-/// Applies pending migrations. sqlx takes a PostgreSQL advisory lock for the duration, so
+/// `DATABASE_DIRECT_URL`, or `DATABASE_URL` when it is unset: a connection of a session's
+/// own, for what PgBouncer in transaction mode cannot carry (SPEC "Scale-out").
+fn direct_url(config: &Config) -> &str {
+    config
+        .database_direct_url
+        .as_ref()
+        .unwrap_or(&config.database_url)
+        .expose_secret()
+}
+
+/// The options of the direct connection (see [`direct_url`]): the job workers' `LISTEN`.
+pub fn direct_options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    let var = match config.database_direct_url {
+        Some(_) => "DATABASE_DIRECT_URL",
+        None => "DATABASE_URL",
+    };
+    connect_options(direct_url(config), var)
+}
+
+fn connect_options(url: &str, var: &str) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = url
+        .parse()
+        .with_context(|| format!("{var} is not a valid PostgreSQL URL"))?;
+    Ok(options.application_name(crate::NAME))
+}
+
+/// Applies pending migrations on the direct connection. sqlx holds a session-level advisory
+/// lock meanwhile (which a pooler in transaction mode would lose between statements), so
 /// several instances starting at once apply each migration exactly once.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("applying database migrations")?;
-    Ok(())
+pub async fn migrate(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    let applied = match config.database_direct_url {
+        None => MIGRATOR.run(pool).await,
+        Some(_) => {
+            let mut connection = PgConnection::connect_with(&direct_options(config)?)
+                .await
+                .context("connecting to DATABASE_DIRECT_URL")?;
+            let applied = MIGRATOR.run(&mut connection).await;
+            // Closing politely is a courtesy; the migrations' outcome is what counts.
+            let _ = connection.close().await;
+            applied
+        }
+    };
+    applied.context("applying database migrations")
 }

@@ -182,7 +182,7 @@ async fn serve(config: Config, no_worker: bool) -> anyhow::Result<()> {
 
 async fn worker(config: Config) -> anyhow::Result<()> {
     let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
+    db::migrate(&config, &pool).await?;
     let mailer = mail::Mailer::from_config(&config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -196,7 +196,8 @@ async fn worker(config: Config) -> anyhow::Result<()> {
     .with_stripe(
         keel::app::stripe_client(&config)?,
         config.stripe.per_seat_prices(),
-    );
+    )
+    .with_direct(db::direct_options(&config)?);
     let drain_timeout = config.shutdown_timeout;
     tokio::select! {
         result = worker.run(shutdown.clone()) => result,
@@ -286,7 +287,7 @@ async fn stripe_command(config: Config, command: StripeCommand) -> anyhow::Resul
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     let pool = db::connect(&config).await?;
-    db::migrate(&pool).await?;
+    db::migrate(&config, &pool).await?;
     println!("migrations applied ({} known)", db::MIGRATOR.iter().count());
     Ok(())
 }

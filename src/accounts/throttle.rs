@@ -155,12 +155,15 @@ impl LoginThrottle {
             .invoke_async(&mut self.cache.connection())
             .await;
         match reserved {
-            Ok(wait_ms) => u64::try_from(wait_ms)
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis),
+            Ok(wait_ms) => {
+                self.cache.limits_shared();
+                u64::try_from(wait_ms)
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis)
+            }
             Err(error) => {
-                tracing::warn!(error = %error, "Redis unavailable: login throttling is per process");
+                self.cache.limits_local(&error);
                 self.begin_locally(keys)
             }
         }
@@ -218,7 +221,7 @@ impl LoginThrottle {
         }
         let cleared: redis::RedisResult<()> = script.invoke_async(&mut self.cache.connection()).await;
         if let Err(error) = cleared {
-            tracing::warn!(error = %error, "Redis unavailable: could not clear a login throttle");
+            self.cache.limits_local(&error);
         }
     }
 }

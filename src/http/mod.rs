@@ -99,8 +99,10 @@ impl std::ops::Deref for AppState {
 pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limiter>)> {
     let config = &state.config;
     let (rate_limit, site_limiter) = rate_limit::layer(config.rate_limits, &config.trusted_proxies)?;
-    let (auth_rate_limit, auth_limiter) =
-        rate_limit::auth_forms_layer(config.rate_limits, &config.trusted_proxies)?;
+    let auth_budget =
+        rate_limit::AuthBudget::new(config.rate_limits, &config.trusted_proxies, state.cache.clone())?;
+    let auth_limiter = auth_budget.local_limiter();
+    let auth_rate_limit = from_fn_with_state(auth_budget, rate_limit::auth_budget);
 
     // `form(…)`: a route that changes state; its POST needs a valid CSRF token.
     let form = |methods: MethodRouter<AppState>| methods.route_layer(from_fn(csrf::require));

@@ -13,7 +13,7 @@ use std::{
 use rand::RngExt as _;
 use sqlx::{
     PgPool,
-    postgres::{PgListener, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use time::OffsetDateTime;
 use tokio::{sync::Semaphore, task::JoinSet};
@@ -83,6 +83,9 @@ fn hostname() -> String {
 
 pub struct Worker {
     db: PgPool,
+    /// Where `LISTEN` and the queue's pool connect: both need sessions of their own, which
+    /// PgBouncer in transaction mode does not give (`DATABASE_DIRECT_URL`).
+    direct: PgConnectOptions,
     mailer: Mailer,
     stripe: Option<Stripe>,
     per_seat_prices: Arc<[String]>,
@@ -100,6 +103,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         Self {
+            direct: (*db.connect_options()).clone(),
             db,
             mailer,
             stripe: None,
@@ -118,10 +122,18 @@ impl Worker {
         self
     }
 
+    /// `LISTEN` and the queue's statements on connections made with `options`
+    /// (`DATABASE_DIRECT_URL`) rather than the pool's.
+    pub fn with_direct(mut self, options: PgConnectOptions) -> Self {
+        self.direct = options;
+        self
+    }
+
     /// Runs until `shutdown`; then claims nothing more and waits for the running jobs.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             db,
+            direct,
             mailer,
             stripe,
             per_seat_prices,
@@ -136,11 +148,11 @@ impl Worker {
         );
         let scheduler = (!schedule.is_empty())
             .then(|| tokio::spawn(run_schedule(schedule, db.clone(), shutdown.clone())));
-        let queue_db = queue_pool(&db);
+        let queue_db = queue_pool(&db, &direct);
 
         // Waits on PostgreSQL race the shutdown or are bounded: a hung database must not keep
         // the process from stopping.
-        let Some(mut listener) = unless_stopped(&shutdown, listen(&db)).await else {
+        let Some(mut listener) = unless_stopped(&shutdown, listen(&direct)).await else {
             return Ok(());
         };
         let kinds = registry.kinds();
@@ -208,7 +220,7 @@ impl Worker {
                     if !notified {
                         // No working listener: try again after a pause, so as not to spin.
                         let pause = tokio::time::sleep(config.poll_interval.min(Duration::from_secs(1)));
-                        let relisten = async { pause.await; listen(&db).await };
+                        let relisten = async { pause.await; listen(&direct).await };
                         let Some(relistened) = unless_stopped(&shutdown, relisten).await else { break };
                         listener = relistened;
                     }
@@ -229,7 +241,8 @@ impl Worker {
     }
 }
 
-/// The pool for the queue's own statements, beside `db` (the jobs'): two connections, each
+/// The pool for the queue's own statements, beside `db` (the jobs'): two direct connections
+/// (settings that last a session, which PgBouncer in transaction mode would not keep), each
 /// opened with two settings that suit these statements and no others.
 ///
 /// - `synchronous_commit = off`: a claim, a renewal, a completion or a failure commits without
@@ -242,8 +255,8 @@ impl Worker {
 ///   the queue nearly empty and plans a bitmap scan that reads every queued row and sorts
 ///   them: 10–20 ms per claim at 40,000 queued, against 0.2 ms through the index (pgbench,
 ///   claim and delete: 176 against 2,023 per second).
-fn queue_pool(db: &PgPool) -> PgPool {
-    let options = (*db.connect_options())
+fn queue_pool(db: &PgPool, direct: &PgConnectOptions) -> PgPool {
+    let options = direct
         .clone()
         .options([("synchronous_commit", "off"), ("enable_sort", "off")]);
     db.options()
@@ -340,7 +353,7 @@ async fn unless_stopped<T>(shutdown: &CancellationToken, future: impl Future<Out
     }
 }
 
-async fn listen(db: &PgPool) -> Option<PgListener> {
+async fn listen(options: &PgConnectOptions) -> Option<PgListener> {
     // The listener gets a one-connection pool of its own. From the shared pool, a connection
     // left LISTENing (the listener reconnects after a database restart) could go back to it,
     // and the next query on it would fail on a notification it does not expect ("unexpected
@@ -349,7 +362,7 @@ async fn listen(db: &PgPool) -> Option<PgListener> {
     let own = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(LISTENER_ACQUIRE_TIMEOUT)
-        .connect_lazy_with((*db.connect_options()).clone());
+        .connect_lazy_with(options.clone());
     let mut listener = match PgListener::connect_with(&own).await {
         Ok(listener) => listener,
         Err(error) => {

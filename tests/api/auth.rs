@@ -1051,6 +1051,23 @@ async fn with_redis_down_logins_work_and_are_still_throttled_in_process() {
 }
 
 #[tokio::test]
+async fn with_redis_down_the_auth_budget_is_counted_in_process() {
+    let (app, _smtp) = spawn_app_with_smtp_and(|env| {
+        env.insert("REDIS_URL", "redis://127.0.0.1:1".into());
+        env.insert("AUTH_RATE_LIMIT_PER_MINUTE", "3".into());
+    })
+    .await;
+    let mut browser = Visitor::new(&app);
+    for i in 0..3 {
+        let page = log_in(&mut browser, &format!("nobody{i}@example.com"), "whatever it is").await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let limited = log_in(&mut browser, "other@example.com", "whatever it is").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
 async fn a_hash_made_with_older_parameters_is_upgraded_at_login() {
     use argon2::password_hash::PasswordHasher as _;
     let (app, _smtp) = spawn_app_with_smtp().await;

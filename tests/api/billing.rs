@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hmac::{KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -27,7 +26,7 @@ const PATIENCE: Duration = Duration::from_secs(40);
 const SHAPES: [&str; 2] = ["", "legacy_2025-02-24.acacia/"];
 
 /// A fixture event, from the shape's folder when it has one, else the basil one.
-fn event(shape: &str, name: &str) -> Value {
+pub fn event(shape: &str, name: &str) -> Value {
     let root = format!("{}/tests/fixtures/stripe/events", env!("CARGO_MANIFEST_DIR"));
     let path = [
         format!("{root}/{shape}{name}.json"),
@@ -40,7 +39,7 @@ fn event(shape: &str, name: &str) -> Value {
 }
 
 /// `value` with the JSON pointer `pointer` set to `new`.
-fn with(mut value: Value, pointer: &str, new: Value) -> Value {
+pub fn with(mut value: Value, pointer: &str, new: Value) -> Value {
     *value
         .pointer_mut(pointer)
         .unwrap_or_else(|| panic!("no {pointer}")) = new;
@@ -162,11 +161,7 @@ impl Billing {
 
     async fn deliver(&self, event: &Value) {
         let body = serde_json::to_vec(event).unwrap();
-        let t = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(&body);
-        let header = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+        let header = crate::helpers::stripe_signature(SECRET, &body);
         let response = self
             .app
             .client
@@ -258,7 +253,7 @@ impl Billing {
     }
 }
 
-const FAILED: &str = "Your payment did not go through";
+pub const FAILED: &str = "Your payment did not go through";
 const FINAL: &str = "Final notice";
 const RECOVERED: &str = "Payment received";
 

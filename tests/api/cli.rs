@@ -146,7 +146,7 @@ async fn healthcheck_exits_0_when_live_and_1_when_not() {
     );
 }
 
-async fn wait_until_live(base: &str) {
+pub async fn wait_until_live(base: &str) {
     let client = crate::helpers::client();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -125,6 +125,13 @@ async fn with_redis_stopped_pages_logins_and_webhooks_work_and_health_recovers()
         (StatusCode::SEE_OTHER, "/dashboard")
     );
     assert_eq!(deliver(&app, "evt_while_redis_is_down").await, StatusCode::OK);
+    // The login's limits were counted in this process, and /health says so.
+    let limits = health(&app).await.1["checks"]["rateLimits"][0].clone();
+    assert_eq!(
+        (&limits["status"], &limits["observedValue"]),
+        (&json!("warn"), &json!("per-instance")),
+        "{limits}"
+    );
 
     redis.resume_service();
     let back = Instant::now();
@@ -132,6 +139,21 @@ async fn with_redis_stopped_pages_logins_and_webhooks_work_and_health_recovers()
     eprintln!(
         "RELIABILITY redis: /health passed {:?} after Redis returned",
         back.elapsed()
+    );
+    // The next limit command reaches Redis: the limits are shared again.
+    let login = Visitor::new(&app)
+        .submit(
+            "/login",
+            "/login",
+            &[("email", "member@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::SEE_OTHER);
+    let limits = health(&app).await.1["checks"]["rateLimits"][0].clone();
+    assert_eq!(
+        (&limits["status"], &limits["observedValue"]),
+        (&json!("pass"), &json!("redis")),
+        "{limits}"
     );
 }
 

@@ -382,7 +382,7 @@ pub async fn migrated_database() -> (DatabaseGuard, sqlx::PgPool) {
         .await
         .expect("create database");
     let pool = sqlx::PgPool::connect(&database.url()).await.expect("connect");
-    keel::db::migrate(&pool).await.expect("migrations");
+    keel::db::MIGRATOR.run(&pool).await.expect("migrations");
     (database, pool)
 }
 
@@ -423,4 +423,14 @@ pub async fn spawn_app_with_smtp_and(
     })
     .await;
     (app, smtp)
+}
+
+/// A `Stripe-Signature` header for `body` signed now with `secret`, as Stripe signs.
+pub fn stripe_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit as _, Mac as _};
+    let t = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod pages;
 mod private_servers;
 mod rate_limit;
+mod scale;
 mod security;
 mod smtp_server;
 mod stripe;

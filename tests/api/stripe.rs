@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use hmac::{KeyInit as _, Mac as _};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -477,10 +476,7 @@ async fn deliver(app: &TestApp, event: &str) {
 
 /// The signed `Stripe-Signature` header for `body`, now.
 fn signature(body: &str) -> String {
-    let t = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    crate::helpers::stripe_signature(WEBHOOK_SECRET, body.as_bytes())
 }
 
 #[tokio::test]
