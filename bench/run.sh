@@ -421,7 +421,7 @@ PGB_PORT=$(free_port)
 chmod 755 "$WORK"
 cat >"$WORK/pgbouncer.ini" <<INI
 [databases]
-* = host=$PG_HOST port=$PG_PORT user=$PG_USER password=${PG_PASSWORD:-}
+* = host=$PG_HOST port=$PG_PORT user=$PG_USER${PG_PASSWORD:+ password=$PG_PASSWORD}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $PGB_PORT

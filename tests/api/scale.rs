@@ -75,7 +75,7 @@ impl PgBouncer {
         let port = free_port();
         let ini = format!(
             "[databases]\n\
-             * = host={host} port={server_port} user={user} password={password}\n\
+             * = host={host} port={server_port} user={user}{password}\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -90,7 +90,10 @@ impl PgBouncer {
             host = server.host_str().unwrap_or("127.0.0.1"),
             server_port = server.port().unwrap_or(5432),
             user = server.username(),
-            password = server.password().unwrap_or(""),
+            password = server
+                .password()
+                .map(|p| format!(" password={p}"))
+                .unwrap_or_default(),
             auth_file = path(dir, "users.txt"),
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
