@@ -73,6 +73,7 @@ impl App {
         let stripe = stripe_client(&config)?;
         let catalog = Catalog::new(config.stripe.prices.clone(), stripe.clone(), cache.clone());
         let state = AppState::new(Services {
+            mailer: mailer.clone(),
             stripe: stripe.clone(),
             catalog,
             job_waker: jobs::Waker::start(db.clone()),

@@ -3,6 +3,8 @@
 
 /// Users, teams, sessions, email verification and password resets.
 pub mod accounts;
+/// The operator console's reads and actions (its pages are in `http::admin`).
+pub mod admin;
 /// Assembles the application (`App::build`) and runs it until shutdown.
 pub mod app;
 /// Stripe billing: webhooks, checkout, the portal, reconciliation and dunning.

@@ -48,6 +48,19 @@ enum Command {
         #[command(subcommand)]
         command: StripeCommand,
     },
+    /// Who may open the operator console (/admin).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make the account with this address an operator (in production it also needs 2FA on).
+    Grant { email: String },
+    /// Take the operator flag away from the account with this address.
+    Revoke { email: String },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
         Command::Migrate => with_config(|config| run(migrate(config))),
         Command::SendTestEmail { address } => with_config(|config| run(send_test_email(config, address))),
         Command::Stripe { command } => with_config(|config| run(stripe_command(config, command))),
+        Command::Admin { command } => with_config(|config| run(admin_command(config, command))),
     }
 }
 
@@ -220,6 +234,22 @@ async fn send_test_email(config: Config, address: String) -> anyhow::Result<()> 
     };
     mailer.send_now(&address, &email).await?;
     println!("test email to {address} accepted");
+    Ok(())
+}
+
+async fn admin_command(config: Config, command: AdminCommand) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    let (email, operator) = match &command {
+        AdminCommand::Grant { email } => (email, true),
+        AdminCommand::Revoke { email } => (email, false),
+    };
+    if !keel::admin::set_operator(&pool, email, operator).await? {
+        anyhow::bail!("no account has the address {email}");
+    }
+    match command {
+        AdminCommand::Grant { .. } => println!("{email} is an operator"),
+        AdminCommand::Revoke { .. } => println!("{email} is no longer an operator"),
+    }
     Ok(())
 }
 

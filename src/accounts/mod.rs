@@ -69,6 +69,8 @@ pub enum Login {
     Refused,
     /// Too many recent failures for this email: try again after this long.
     Locked(Duration),
+    /// The password was right, but an operator has disabled the account.
+    Disabled,
 }
 
 /// Why a change that needs the current password (the password, the email address) was
@@ -168,7 +170,7 @@ impl Accounts {
     ) -> Result<Login> {
         // One query, as without 2FA: whether the user has it comes with the password hash.
         let user = sqlx::query!(
-            r#"SELECT u.id, u.password_hash, m.team_id,
+            r#"SELECT u.id, u.password_hash, m.team_id, u.disabled_at IS NOT NULL AS "disabled!",
                       EXISTS (SELECT 1 FROM two_factor t WHERE t.user_id = u.id AND t.enabled_at IS NOT NULL) AS "two_factor!"
              FROM users u
              JOIN memberships m ON m.user_id = u.id
@@ -195,6 +197,10 @@ impl Accounts {
             return Ok(Login::Refused);
         };
         self.throttle.succeeded(&account, client).await;
+        if user.disabled {
+            tracing::warn!(%client, user_id = %user.id, "login refused: the account is disabled");
+            return Ok(Login::Disabled);
+        }
         if !password::is_current(&user.password_hash) {
             self.upgrade_hash(user.id, &user.password_hash, password).await?;
         }

@@ -28,10 +28,13 @@ pub enum Event {
     TwoFactorDisabled,
     TwoFactorFailed,
     DataExported,
+    DisabledByOperator,
+    EnabledByOperator,
+    SessionsEndedByOperator,
 }
 
 impl Event {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 15] = [
         Self::AccountCreated,
         Self::SignedIn,
         Self::PasswordChanged,
@@ -44,6 +47,9 @@ impl Event {
         Self::TwoFactorDisabled,
         Self::TwoFactorFailed,
         Self::DataExported,
+        Self::DisabledByOperator,
+        Self::EnabledByOperator,
+        Self::SessionsEndedByOperator,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +66,9 @@ impl Event {
             Self::TwoFactorDisabled => "two_factor_disabled",
             Self::TwoFactorFailed => "two_factor_failed",
             Self::DataExported => "data_exported",
+            Self::DisabledByOperator => "disabled_by_operator",
+            Self::EnabledByOperator => "enabled_by_operator",
+            Self::SessionsEndedByOperator => "sessions_ended_by_operator",
         }
     }
 
@@ -78,6 +87,9 @@ impl Event {
             Self::TwoFactorDisabled => "Two-factor sign-in turned off",
             Self::TwoFactorFailed => "A wrong two-factor code",
             Self::DataExported => "A data export was requested",
+            Self::DisabledByOperator => "Account disabled by support; every session signed out",
+            Self::EnabledByOperator => "Account enabled again by support",
+            Self::SessionsEndedByOperator => "Every session signed out by support",
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Session {
     pub team_requires_2fa: bool,
     /// The user signs in with a second factor.
     pub two_factor: bool,
+    /// The user may open the operator console (`keel admin grant`).
+    pub operator: bool,
     /// The team's subscription as keel last learned it (for entitlement and the banners).
     pub subscription: Option<Subscription>,
 }
@@ -89,7 +91,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let row = sqlx::query!(
         r#"SELECT s.user_id, s.team_id, s.last_seen_at, u.email,
                   u.email_verified_at IS NOT NULL AS "email_verified!", t.name AS team_name, m.role AS "role: Role",
-                  t.require_2fa AS team_requires_2fa,
+                  t.require_2fa AS team_requires_2fa, u.is_operator,
                   EXISTS (SELECT 1 FROM two_factor tf WHERE tf.user_id = s.user_id AND tf.enabled_at IS NOT NULL)
                       AS "two_factor!",
                   sub.status AS "sub_status?: SubscriptionStatus", sub.price_id AS "sub_price_id?",
@@ -111,6 +113,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
                LIMIT 1
            ) sub ON true
            WHERE s.id_hash = $1
+             AND u.disabled_at IS NULL
              AND s.expires_at > now()
              AND s.last_seen_at > now() - make_interval(secs => $2)"#,
         id_hash,
@@ -137,6 +140,7 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
         role: row.role,
         team_requires_2fa: row.team_requires_2fa,
         two_factor: row.two_factor,
+        operator: row.is_operator,
         subscription: row.sub_status.map(|status| Subscription {
             status,
             price_id: row.sub_price_id,

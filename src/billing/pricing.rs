@@ -60,25 +60,29 @@ impl PriceFacts {
     /// "$12.00 per month", "€90.00 every 3 months", "¥1200 per year"; `None` when the price
     /// has no single amount to show.
     pub fn in_words(&self) -> Option<String> {
-        let amount = self.unit_amount?;
-        let currency = self.currency.to_ascii_lowercase();
-        let number = if ZERO_DECIMAL.contains(&currency.as_str()) {
-            amount.to_string()
-        } else {
-            format!("{}.{:02}", amount / 100, (amount % 100).abs())
-        };
-        let money = match currency.as_str() {
-            "usd" => format!("${number}"),
-            "eur" => format!("€{number}"),
-            "gbp" => format!("£{number}"),
-            "jpy" => format!("¥{number}"),
-            other => format!("{number} {}", other.to_ascii_uppercase()),
-        };
+        let money = money(self.unit_amount?, &self.currency);
         Some(match (&self.interval, self.interval_count) {
             (None, _) => money,
             (Some(interval), 1) => format!("{money} per {interval}"),
             (Some(interval), n) => format!("{money} every {n} {interval}s"),
         })
+    }
+}
+
+/// "$12.00", "€90.00", "¥1200", "12.00 CHF": `amount` in `currency`'s smallest unit.
+pub fn money(amount: i64, currency: &str) -> String {
+    let currency = currency.to_ascii_lowercase();
+    let number = if ZERO_DECIMAL.contains(&currency.as_str()) {
+        amount.to_string()
+    } else {
+        format!("{}.{:02}", amount / 100, (amount % 100).abs())
+    };
+    match currency.as_str() {
+        "usd" => format!("${number}"),
+        "eur" => format!("€{number}"),
+        "gbp" => format!("£{number}"),
+        "jpy" => format!("¥{number}"),
+        other => format!("{number} {}", other.to_ascii_uppercase()),
     }
 }
 
@@ -136,6 +140,14 @@ impl Catalog {
                     .cloned(),
             })
             .collect()
+    }
+
+    /// Every known price by its id (the operator console's revenue).
+    pub async fn prices_by_id(&self) -> HashMap<String, PriceFacts> {
+        self.snapshot()
+            .await
+            .map(|snapshot| snapshot.prices.clone())
+            .unwrap_or_default()
     }
 
     async fn snapshot(&self) -> Option<Arc<Snapshot>> {

@@ -243,6 +243,10 @@ pub async fn login(
                 ));
             }
             Login::Refused => errors.set_form(LOGIN_REFUSED),
+            Login::Disabled => {
+                status = StatusCode::FORBIDDEN;
+                errors.set_form("This account is disabled. Contact support to have it enabled again.");
+            }
             Login::Locked(wait) => {
                 status = StatusCode::TOO_MANY_REQUESTS;
                 retry_after = Some(wait);

@@ -4,6 +4,7 @@
 //! Nothing outside `http` imports from it.
 
 mod account;
+mod admin;
 mod assets;
 mod auth;
 mod billing;
@@ -78,6 +79,8 @@ pub struct Services {
     pub catalog: Catalog,
     /// Wakes the job workers after a commit that enqueued without the trigger's notify.
     pub job_waker: jobs::Waker,
+    /// For what the console runs in the request (an event's replay).
+    pub mailer: crate::mail::Mailer,
 }
 
 impl AppState {
@@ -245,6 +248,7 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .merge(public)
         .merge(auth_forms)
         .merge(signed_in)
+        .merge(admin::router(state.clone()))
         .merge(assets::router())
         .merge(metrics::router())
         .fallback(errors::not_found)

@@ -1,6 +1,7 @@
 //! Integration tests: the real application against real PostgreSQL and Redis.
 //! One binary (one link step) holding a module per area.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod billing;
