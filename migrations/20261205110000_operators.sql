@@ -6,6 +6,10 @@ ALTER TABLE users
     -- Set by an operator: the user cannot sign in, and their sessions ended when it was set.
     ADD COLUMN disabled_at timestamptz;
 
+-- An operator viewing the product as this session's user (impersonation): such a session is
+-- the operator's only for 30 minutes and ends with the operator's account.
+ALTER TABLE sessions ADD COLUMN impersonator_id uuid REFERENCES users ON DELETE CASCADE;
+
 -- What operators did: who, from where, to what. Append-only like the team audit log; a row
 -- outlives its operator's account (the address stays).
 CREATE TABLE operator_audit_log (
@@ -28,6 +32,9 @@ CREATE INDEX operator_audit_log_target ON operator_audit_log (target, id DESC);
 -- can use), or by its domain (a search starting with '@', on the reversed address);
 CREATE INDEX users_email_c ON users ((lower(email) COLLATE "C"));
 CREATE INDEX users_email_reversed ON users ((reverse(lower(email)) COLLATE "C"));
+-- teams by the start of their name, newest first otherwise;
+CREATE INDEX teams_name_c ON teams ((lower(name) COLLATE "C"));
+CREATE INDEX teams_created ON teams (created_at DESC, id DESC);
 -- the outbox by status, newest first;
 CREATE INDEX emails_status ON emails (status, id DESC);
 -- stored Stripe events newest first, also of one type;

@@ -668,3 +668,268 @@ pub async fn replay_event(
     tracing::info!(operator = %operator.user_id, event_id = id, outcome, "operator replayed an event");
     Ok(())
 }
+
+pub struct TeamRow {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+    pub members: i64,
+    /// The newest subscription's status.
+    pub status: Option<String>,
+}
+
+/// A position in the teams list: the last row shown (created at, id).
+pub type TeamCursor = (OffsetDateTime, Uuid);
+
+/// Teams whose name starts with `query`, or, when it has an `@`, with a member whose address
+/// starts with it (or ends with it, when it starts with `@`); newest first, after `before`.
+pub async fn teams(db: &PgPool, query: &str, before: Option<&TeamCursor>) -> Result<Vec<TeamRow>> {
+    let query = query.trim().to_lowercase();
+    let (name, email_prefix, email_suffix) = match query.find('@') {
+        None => (like_escape(&query), None, None),
+        Some(0) => (
+            String::new(),
+            None,
+            Some(like_escape(&query.chars().rev().collect::<String>())),
+        ),
+        Some(_) => (String::new(), Some(like_escape(&query)), None),
+    };
+    Ok(sqlx::query_as!(
+        TeamRow,
+        r#"SELECT t.id, t.name, t.created_at,
+                  (SELECT count(*) FROM memberships m WHERE m.team_id = t.id) AS "members!",
+                  (SELECT status FROM subscriptions s WHERE s.team_id = t.id ORDER BY state_as_of DESC LIMIT 1) AS status
+           FROM teams t
+           WHERE lower(t.name) COLLATE "C" LIKE $1 || '%'
+             AND ($2::text IS NULL OR t.id IN (
+                     SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id
+                     WHERE lower(u.email) COLLATE "C" LIKE $2 || '%'))
+             AND ($3::text IS NULL OR t.id IN (
+                     SELECT m.team_id FROM memberships m JOIN users u ON u.id = m.user_id
+                     WHERE reverse(lower(u.email)) COLLATE "C" LIKE $3 || '%'))
+             AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4, $5))
+           ORDER BY t.created_at DESC, t.id DESC
+           LIMIT $6"#,
+        name,
+        email_prefix,
+        email_suffix,
+        before.map(|(at, _)| *at),
+        before.map(|(_, id)| *id),
+        PAGE + 1,
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+pub struct TeamDetail {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+    pub customer: Option<String>,
+    pub members: Vec<TeamMember>,
+    pub subscription: Option<TeamSubscription>,
+    pub billing_log: Vec<BillingLogRow>,
+}
+
+pub struct TeamMember {
+    pub user_id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub since: OffsetDateTime,
+}
+
+pub struct TeamSubscription {
+    pub id: String,
+    pub status: String,
+    pub price_id: Option<String>,
+    pub quantity: Option<i32>,
+    pub current_period_end: Option<OffsetDateTime>,
+    pub cancel_at_period_end: bool,
+    /// Dunning: the first failed payment of the current run of failures.
+    pub payment_failed_at: Option<OffsetDateTime>,
+}
+
+pub struct BillingLogRow {
+    pub at: OffsetDateTime,
+    pub source: String,
+    pub action: String,
+    pub subscription_id: String,
+    pub before: Option<String>,
+    pub after: String,
+}
+
+pub async fn team(db: &PgPool, id: Uuid) -> Result<TeamDetail> {
+    let team = sqlx::query!(
+        "SELECT id, name, created_at, stripe_customer_id FROM teams WHERE id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await?
+    .ok_or(AppError::NotFound)?;
+    let members = sqlx::query_as!(
+        TeamMember,
+        "SELECT u.id AS user_id, u.email, m.role, m.created_at AS since
+         FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.team_id = $1 ORDER BY m.created_at",
+        id,
+    )
+    .fetch_all(db)
+    .await?;
+    let subscription = sqlx::query_as!(
+        TeamSubscription,
+        "SELECT id, status, price_id, quantity, current_period_end, cancel_at_period_end, payment_failed_at
+         FROM subscriptions WHERE team_id = $1 ORDER BY state_as_of DESC LIMIT 1",
+        id,
+    )
+    .fetch_optional(db)
+    .await?;
+    let billing_log = sqlx::query_as!(
+        BillingLogRow,
+        r#"SELECT at, source, action, subscription_id, before::text AS before, after::text AS "after!"
+           FROM billing_audit_log WHERE team_id = $1 ORDER BY id DESC LIMIT $2"#,
+        id,
+        PAGE,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(TeamDetail {
+        id: team.id,
+        name: team.name,
+        created_at: team.created_at,
+        customer: team.stripe_customer_id,
+        members,
+        subscription,
+        billing_log,
+    })
+}
+
+/// Reconciles team `id`'s subscriptions with Stripe now, audited with the summary.
+pub async fn reconcile_team(
+    db: &PgPool,
+    stripe: Option<&crate::billing::stripe::Stripe>,
+    per_seat_prices: &[String],
+    operator: OperatorActor<'_>,
+    id: Uuid,
+) -> Result<()> {
+    let customer = sqlx::query_scalar!("SELECT stripe_customer_id FROM teams WHERE id = $1", id)
+        .fetch_optional(db)
+        .await?
+        .ok_or(AppError::NotFound)?
+        .ok_or_else(|| {
+            AppError::Conflict("This team has no Stripe customer yet: nothing to reconcile.".to_owned())
+        })?;
+    let stripe = stripe.ok_or_else(|| {
+        AppError::Conflict(
+            "Billing is not configured (STRIPE_SECRET_KEY): nothing to reconcile with.".to_owned(),
+        )
+    })?;
+    let outcome =
+        match crate::billing::reconcile::reconcile_customer(db, stripe, per_seat_prices, &customer).await {
+            Ok(summary) => summary.to_string(),
+            Err(error) => format!("reconciliation failed: {error:#}"),
+        };
+    let mut conn = db.acquire().await?;
+    audit(
+        &mut conn,
+        operator,
+        "team.reconcile",
+        &format!("team:{id}"),
+        Some(&outcome),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts viewing the product as user `id`: a session of theirs for 30 minutes, marked with
+/// the operator, in their first team. Recorded in the operator audit log, the user's
+/// security log and the log of each of their teams. `Conflict` for the operator themselves
+/// or a disabled user.
+pub async fn impersonate(
+    db: &PgPool,
+    operator: OperatorActor<'_>,
+    id: Uuid,
+) -> Result<crate::accounts::SecretToken> {
+    if id == operator.user_id {
+        return Err(AppError::Conflict("You are already yourself.".to_owned()));
+    }
+    let mut tx = db.begin().await?;
+    let user = sqlx::query!(
+        r#"SELECT email, disabled_at IS NOT NULL AS "disabled!" FROM users WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(AppError::NotFound)?;
+    if user.disabled {
+        return Err(AppError::Conflict(
+            "This account is disabled: enable it first.".to_owned(),
+        ));
+    }
+    let teams = sqlx::query_scalar!(
+        "SELECT team_id FROM memberships WHERE user_id = $1 ORDER BY (role = 'owner') DESC, created_at",
+        id
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let team = *teams.first().ok_or(AppError::NotFound)?;
+    let token = sessions::create_impersonation(&mut tx, id, team, operator.user_id).await?;
+    log_impersonation(&mut tx, operator, id, &user.email, &teams, true).await?;
+    tx.commit().await?;
+    tracing::info!(operator = %operator.user_id, user_id = %id, "operator started impersonating");
+    Ok(token)
+}
+
+/// Ends the impersonation session behind `token` (the operator's, for user `id`).
+pub async fn stop_impersonating(
+    db: &PgPool,
+    operator: OperatorActor<'_>,
+    id: Uuid,
+    token: &crate::accounts::SecretToken,
+) -> Result<()> {
+    let mut tx = db.begin().await?;
+    sessions::delete(&mut tx, token).await?;
+    let email = sqlx::query_scalar!("SELECT email FROM users WHERE id = $1", id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let teams = sqlx::query_scalar!("SELECT team_id FROM memberships WHERE user_id = $1", id)
+        .fetch_all(&mut *tx)
+        .await?;
+    log_impersonation(&mut tx, operator, id, &email, &teams, false).await?;
+    tx.commit().await?;
+    tracing::info!(operator = %operator.user_id, user_id = %id, "operator stopped impersonating");
+    Ok(())
+}
+
+async fn log_impersonation(
+    conn: &mut PgConnection,
+    operator: OperatorActor<'_>,
+    id: Uuid,
+    email: &str,
+    teams: &[Uuid],
+    started: bool,
+) -> Result<()> {
+    use crate::accounts::audit;
+    let (event, action, name) = if started {
+        (
+            Event::ImpersonationStarted,
+            audit::Action::ImpersonationStarted,
+            "user.impersonate",
+        )
+    } else {
+        (
+            Event::ImpersonationStopped,
+            audit::Action::ImpersonationStopped,
+            "user.impersonation_stop",
+        )
+    };
+    security::record(conn, id, event, None).await?;
+    let actor = audit::Actor {
+        user_id: operator.user_id,
+        email: operator.email,
+        client: operator.client,
+    };
+    for team in teams {
+        audit::record(conn, *team, Some(actor), audit::Event::new(action).on(email)).await?;
+    }
+    self::audit(conn, operator, name, &format!("user:{id}"), None).await
+}

@@ -24,10 +24,12 @@ pub enum Action {
     PortalOpened,
     SubscriptionStatusChanged,
     SecurityChanged,
+    ImpersonationStarted,
+    ImpersonationStopped,
 }
 
 impl Action {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 13] = [
         Self::InvitationSent,
         Self::InvitationResent,
         Self::InvitationRevoked,
@@ -39,6 +41,8 @@ impl Action {
         Self::PortalOpened,
         Self::SubscriptionStatusChanged,
         Self::SecurityChanged,
+        Self::ImpersonationStarted,
+        Self::ImpersonationStopped,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -54,6 +58,8 @@ impl Action {
             Self::PortalOpened => "billing.portal_opened",
             Self::SubscriptionStatusChanged => "subscription.status_changed",
             Self::SecurityChanged => "team.security_changed",
+            Self::ImpersonationStarted => "support.impersonation_started",
+            Self::ImpersonationStopped => "support.impersonation_stopped",
         }
     }
 
@@ -71,6 +77,8 @@ impl Action {
             Self::PortalOpened => "opened the billing portal",
             Self::SubscriptionStatusChanged => "reported a new status for subscription",
             Self::SecurityChanged => "changed the team's security settings",
+            Self::ImpersonationStarted => "(support) started viewing the product as",
+            Self::ImpersonationStopped => "(support) stopped viewing the product as",
         }
     }
 }

@@ -31,10 +31,12 @@ pub enum Event {
     DisabledByOperator,
     EnabledByOperator,
     SessionsEndedByOperator,
+    ImpersonationStarted,
+    ImpersonationStopped,
 }
 
 impl Event {
-    const ALL: [Self; 15] = [
+    const ALL: [Self; 17] = [
         Self::AccountCreated,
         Self::SignedIn,
         Self::PasswordChanged,
@@ -50,6 +52,8 @@ impl Event {
         Self::DisabledByOperator,
         Self::EnabledByOperator,
         Self::SessionsEndedByOperator,
+        Self::ImpersonationStarted,
+        Self::ImpersonationStopped,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -69,6 +73,8 @@ impl Event {
             Self::DisabledByOperator => "disabled_by_operator",
             Self::EnabledByOperator => "enabled_by_operator",
             Self::SessionsEndedByOperator => "sessions_ended_by_operator",
+            Self::ImpersonationStarted => "impersonation_started",
+            Self::ImpersonationStopped => "impersonation_stopped",
         }
     }
 
@@ -90,6 +96,8 @@ impl Event {
             Self::DisabledByOperator => "Account disabled by support; every session signed out",
             Self::EnabledByOperator => "Account enabled again by support",
             Self::SessionsEndedByOperator => "Every session signed out by support",
+            Self::ImpersonationStarted => "Support started viewing your account as you",
+            Self::ImpersonationStopped => "Support stopped viewing your account as you",
         }
     }
 }
@@ -170,7 +178,7 @@ pub struct SessionRow {
 pub async fn sessions_of(db: &PgPool, user_id: Uuid, current: &SecretToken) -> Result<Vec<SessionRow>> {
     let rows = sqlx::query!(
         r#"SELECT public_id, created_at, last_seen_at, user_agent, host(client_ip) AS client_ip,
-                  id_hash = $2 AS "current!"
+                  id_hash = $2 AS "current!", impersonator_id IS NOT NULL AS "support!"
            FROM sessions
            WHERE user_id = $1 AND expires_at > now() AND last_seen_at > now() - make_interval(secs => $3)
            ORDER BY id_hash = $2 DESC, last_seen_at DESC"#,
@@ -186,7 +194,12 @@ pub async fn sessions_of(db: &PgPool, user_id: Uuid, current: &SecretToken) -> R
             id: row.public_id,
             started: row.created_at,
             last_seen: row.last_seen_at,
-            browser: browser_in_words(row.user_agent.as_deref()),
+            // An operator viewing the product as the user (the operator console).
+            browser: if row.support {
+                "Support, through the operator console".to_owned()
+            } else {
+                browser_in_words(row.user_agent.as_deref())
+            },
             client_ip: row.client_ip,
             current: row.current,
         })

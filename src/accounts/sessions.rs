@@ -41,9 +41,21 @@ pub struct Session {
     pub two_factor: bool,
     /// The user may open the operator console (`keel admin grant`).
     pub operator: bool,
+    /// An operator viewing the product as this user (impersonation), not the user.
+    pub impersonator: Option<Impersonator>,
     /// The team's subscription as keel last learned it (for entitlement and the banners).
     pub subscription: Option<Subscription>,
 }
+
+/// The operator behind an impersonation session.
+#[derive(Clone, Debug)]
+pub struct Impersonator {
+    pub user_id: Uuid,
+    pub email: String,
+}
+
+/// How long an impersonation session lasts, however active.
+pub const IMPERSONATION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The browser a session starts in: what `/settings/sessions` shows of it.
 #[derive(Clone, Copy, Debug)]
@@ -85,6 +97,30 @@ pub async fn create(
     Ok(token)
 }
 
+/// Starts an impersonation: a session of `user_id`'s in `team_id`, marked with the operator
+/// `impersonator`, for [`IMPERSONATION_TIMEOUT`]. Without the operator's address: the user
+/// sees their sessions (the operator audit log has it).
+pub async fn create_impersonation(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    team_id: Uuid,
+    impersonator: Uuid,
+) -> Result<SecretToken> {
+    let token = SecretToken::generate();
+    sqlx::query!(
+        "INSERT INTO sessions (id_hash, user_id, team_id, expires_at, impersonator_id)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)",
+        token.digest(),
+        user_id,
+        team_id,
+        IMPERSONATION_TIMEOUT.as_secs_f64(),
+        impersonator,
+    )
+    .execute(conn)
+    .await?;
+    Ok(token)
+}
+
 /// The live session behind `token`, if any; refreshes its idle clock now and then.
 pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
     let id_hash = token.digest();
@@ -98,11 +134,13 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
                   sub.current_period_end AS "sub_period_end?",
                   sub.cancel_at_period_end AS "sub_cancel_at_period_end?",
                   sub.payment_failed_at AS "sub_payment_failed_at?",
-                  sub.state_as_of AS "sub_state_as_of?"
+                  sub.state_as_of AS "sub_state_as_of?",
+                  s.impersonator_id, op.email AS "impersonator_email?"
            FROM sessions s
            JOIN users u ON u.id = s.user_id
            JOIN memberships m ON m.user_id = s.user_id AND m.team_id = s.team_id
            JOIN teams t ON t.id = s.team_id
+           LEFT JOIN users op ON op.id = s.impersonator_id
            -- The team's subscription: one that can be entitled before any other, then the newest.
            LEFT JOIN LATERAL (
                SELECT status, price_id, current_period_end, cancel_at_period_end, payment_failed_at,
@@ -141,6 +179,10 @@ pub async fn load(db: &PgPool, token: &SecretToken) -> Result<Option<Session>> {
         team_requires_2fa: row.team_requires_2fa,
         two_factor: row.two_factor,
         operator: row.is_operator,
+        impersonator: row
+            .impersonator_id
+            .zip(row.impersonator_email)
+            .map(|(user_id, email)| Impersonator { user_id, email }),
         subscription: row.sub_status.map(|status| Subscription {
             status,
             price_id: row.sub_price_id,

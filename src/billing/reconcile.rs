@@ -96,6 +96,26 @@ fn to_serde(value: miniserde::json::Value, depth: usize) -> Value {
 
 /// Pages through every subscription in Stripe (`status=all`) and repairs every drift.
 pub async fn reconcile(db: &PgPool, stripe: &Stripe, per_seat_prices: &[String]) -> anyhow::Result<Summary> {
+    reconcile_in(db, stripe, per_seat_prices, None).await
+}
+
+/// [`reconcile`] for one Stripe customer's subscriptions (one team's: the console's
+/// "Reconcile now").
+pub async fn reconcile_customer(
+    db: &PgPool,
+    stripe: &Stripe,
+    per_seat_prices: &[String],
+    customer: &str,
+) -> anyhow::Result<Summary> {
+    reconcile_in(db, stripe, per_seat_prices, Some(customer)).await
+}
+
+async fn reconcile_in(
+    db: &PgPool,
+    stripe: &Stripe,
+    per_seat_prices: &[String],
+    customer: Option<&str>,
+) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
     let mut seen: Vec<String> = Vec::new();
     let mut starting_after: Option<String> = None;
@@ -105,6 +125,9 @@ pub async fn reconcile(db: &PgPool, stripe: &Stripe, per_seat_prices: &[String])
             .limit(PAGE_SIZE);
         if let Some(last) = &starting_after {
             request = request.starting_after(last.as_str());
+        }
+        if let Some(customer) = customer {
+            request = request.customer(customer);
         }
         let as_of = OffsetDateTime::now_utc();
         let page: Page = stripe
@@ -143,9 +166,13 @@ pub async fn reconcile(db: &PgPool, stripe: &Stripe, per_seat_prices: &[String])
             break;
         }
     }
-    let missing = sqlx::query_scalar!("SELECT id FROM subscriptions WHERE id <> ALL($1)", &seen)
-        .fetch_all(db)
-        .await?;
+    let missing = sqlx::query_scalar!(
+        "SELECT id FROM subscriptions WHERE id <> ALL($1) AND ($2::text IS NULL OR customer_id = $2)",
+        &seen,
+        customer,
+    )
+    .fetch_all(db)
+    .await?;
     if !missing.is_empty() {
         tracing::warn!(subscriptions = ?missing, "keel holds subscriptions Stripe does not list (another Stripe account or mode?)");
     }

@@ -8,10 +8,10 @@ use askama::Template;
 use axum::{
     Router,
     extract::{FromRequestParts, Path, Query, State},
-    http::{HeaderValue, header, request::Parts},
+    http::{HeaderMap, HeaderValue, header, request::Parts},
     middleware::{from_extractor_with_state, from_fn},
-    response::{Html, Redirect},
-    routing::{get, post},
+    response::{AppendHeaders, Html, IntoResponse as _, Redirect, Response},
+    routing::{MethodRouter, get, post},
 };
 use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -19,40 +19,64 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
 use super::{
-    AppState, client_ip::ClientIp, csrf, csrf::CsrfToken, pages::Layout, render, session::MaybeUser,
+    AppState,
+    client_ip::ClientIp,
+    csrf,
+    csrf::CsrfToken,
+    pages::Layout,
+    render,
+    session::{MaybeUser, cookie_value},
 };
 use crate::{
+    accounts::{SecretToken, sessions},
     admin::{self, EmailStatus, EventState, JobState, ListFilter as _, OperatorActor, UserAction},
     error::{AppError, Result},
 };
 
-/// The console's routes, each behind [`Operator`].
+/// The console's routes, each behind [`Operator`] (but the end of an impersonation, which
+/// the impersonated user's session posts).
 pub fn router(state: AppState) -> Router<AppState> {
-    let form = |methods: axum::routing::MethodRouter<AppState>| methods.route_layer(from_fn(csrf::require));
-    Router::new()
+    let form = |methods: MethodRouter<AppState>| methods.route_layer(from_fn(csrf::require));
+    let console = Router::new()
         .route("/admin", get(overview))
         .route("/admin/users", get(users))
         .route("/admin/users/{id}", get(user))
-        .route("/admin/users/{id}/disable", form(post(disable_user)))
-        .route("/admin/users/{id}/enable", form(post(enable_user)))
-        .route("/admin/users/{id}/end-sessions", form(post(end_sessions)))
+        .route(
+            "/admin/users/{id}/disable",
+            form(user_action(UserAction::Disable)),
+        )
+        .route("/admin/users/{id}/enable", form(user_action(UserAction::Enable)))
+        .route(
+            "/admin/users/{id}/end-sessions",
+            form(user_action(UserAction::EndSessions)),
+        )
+        .route("/admin/users/{id}/impersonate", form(post(impersonate)))
+        .route("/admin/teams", get(teams))
+        .route("/admin/teams/{id}", get(team))
+        .route("/admin/teams/{id}/reconcile", form(post(reconcile_team)))
         .route("/admin/events", get(events))
         .route("/admin/events/{id}", get(event))
         .route("/admin/events/{id}/replay", form(post(replay_event)))
         .route("/admin/jobs", get(jobs))
         .route("/admin/jobs/{id}/retry", form(post(retry_job)))
         .route("/admin/emails", get(emails))
-        .route_layer(from_extractor_with_state::<Operator, _>(state))
+        .route_layer(from_extractor_with_state::<Operator, _>(state));
+    Router::new()
+        .route("/admin/impersonation/stop", form(post(stop_impersonating)))
+        .merge(console)
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
 }
 
-/// A signed-in operator, with 2FA in production; anyone else gets the site's 404.
+/// A signed-in operator, with 2FA in production; anyone else gets the site's 404, and an
+/// operator viewing the product as a user 403.
 pub struct Operator {
     pub user_id: Uuid,
     pub email: String,
+    /// The operator's own session, kept aside during an impersonation.
+    token: SecretToken,
 }
 
 impl Operator {
@@ -71,12 +95,16 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let MaybeUser(user) = MaybeUser::from_request_parts(parts, state).await?;
         match user {
+            Some(user) if user.session.impersonator.is_some() => Err(AppError::Forbidden(
+                "Stop viewing the product as this user to open the console again.".to_owned(),
+            )),
             Some(user)
                 if user.session.operator && (user.session.two_factor || !state.config.is_production()) =>
             {
                 Ok(Self {
                     user_id: user.session.user_id,
                     email: user.session.email,
+                    token: user.token,
                 })
             }
             _ => Err(AppError::NotFound),
@@ -131,18 +159,34 @@ struct UsersPage {
 /// Longest search accepted.
 const MAX_QUERY: usize = 254;
 
+/// A search's text: at most `MAX_QUERY` bytes, and no NUL (which PostgreSQL's text cannot
+/// hold), else 400.
+fn search(raw: Option<String>) -> Result<String> {
+    let text = raw.unwrap_or_default();
+    if text.len() > MAX_QUERY || text.contains('\0') {
+        return Err(AppError::BadRequest(format!(
+            "A search is at most {MAX_QUERY} characters of text."
+        )));
+    }
+    Ok(text)
+}
+
+/// A stored event's id from the path: one with a NUL cannot be stored, so names nothing.
+fn event_id(id: &str) -> Result<&str> {
+    if id.contains('\0') {
+        return Err(AppError::NotFound);
+    }
+    Ok(id)
+}
+
 async fn users(
     State(state): State<AppState>,
     layout: Layout,
     Query(query): Query<UsersQuery>,
 ) -> Result<Html<String>> {
-    let q = query.q.unwrap_or_default();
-    if q.len() > MAX_QUERY || query.after.as_ref().is_some_and(|after| after.len() > MAX_QUERY) {
-        return Err(AppError::BadRequest(format!(
-            "A search is at most {MAX_QUERY} characters."
-        )));
-    }
-    let mut users = admin::users(&state.db, &q, query.after.as_deref()).await?;
+    let q = search(query.q)?;
+    let after = query.after.map(|after| search(Some(after))).transpose()?;
+    let mut users = admin::users(&state.db, &q, after.as_deref()).await?;
     let next = page_after(&mut users)
         .map(|last| format!("/admin/users?q={}&after={}", encode(&q), encode(&last.email)));
     render(&UsersPage {
@@ -196,43 +240,201 @@ async fn user(
     })
 }
 
-async fn act_on_user(
-    state: &AppState,
-    operator: &Operator,
-    client: ClientIp,
-    id: &str,
-    action: UserAction,
-) -> Result<Redirect> {
-    let id = uuid(id)?;
-    admin::act_on_user(&state.db, operator.actor(client), id, action).await?;
-    Ok(Redirect::to(&format!("/admin/users/{id}")))
+/// The handler of `action` on the user of the path: 303 back to their page.
+fn user_action(action: UserAction) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>, operator: Operator, client: ClientIp, Path(id): Path<String>| async move {
+            let id = uuid(&id)?;
+            admin::act_on_user(&state.db, operator.actor(client), id, action).await?;
+            Ok::<_, AppError>(Redirect::to(&format!("/admin/users/{id}")))
+        },
+    )
 }
 
-async fn disable_user(
+/// `POST /admin/users/{id}/impersonate`: the browser becomes user `id` for 30 minutes, its
+/// own session kept aside in a cookie of its own until the banner's stop button.
+async fn impersonate(
+    State(state): State<AppState>,
+    operator: Operator,
+    client: ClientIp,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let id = uuid(&id)?;
+    let token = admin::impersonate(&state.db, operator.actor(client), id).await?;
+    let cookies = &state.cookies;
+    Ok((
+        AppendHeaders([
+            (
+                header::SET_COOKIE,
+                cookies.set_cookie(
+                    cookies.session,
+                    token.as_str(),
+                    Some(sessions::IMPERSONATION_TIMEOUT),
+                ),
+            ),
+            (
+                header::SET_COOKIE,
+                cookies.set_cookie(
+                    cookies.operator_session,
+                    operator.token.as_str(),
+                    Some(sessions::ABSOLUTE_TIMEOUT),
+                ),
+            ),
+        ]),
+        Redirect::to("/dashboard"),
+    )
+        .into_response())
+}
+
+/// `POST /admin/impersonation/stop`: ends the impersonation and gives the browser its
+/// operator's session back. 404 when the browser is not impersonating.
+async fn stop_impersonating(
+    State(state): State<AppState>,
+    MaybeUser(user): MaybeUser,
+    client: ClientIp,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let cookies = &state.cookies;
+    let own = cookie_value(&headers, cookies.operator_session).and_then(SecretToken::parse);
+    let viewed = match &user {
+        Some(user) => {
+            let impersonator = user.session.impersonator.as_ref().ok_or(AppError::NotFound)?;
+            let operator = OperatorActor {
+                user_id: impersonator.user_id,
+                email: &impersonator.email,
+                client: client.0,
+            };
+            admin::stop_impersonating(&state.db, operator, user.session.user_id, &user.token).await?;
+            Some(user.session.user_id)
+        }
+        // The impersonation ran out: only the operator's session is left to give back.
+        None if own.is_some() => None,
+        None => return Err(AppError::NotFound),
+    };
+    let session = match &own {
+        Some(token) => cookies.session_cookie(token),
+        None => cookies.remove_session_cookie(),
+    };
+    let to = viewed.map_or_else(|| "/admin".to_owned(), |id| format!("/admin/users/{id}"));
+    Ok((
+        AppendHeaders([
+            (header::SET_COOKIE, session),
+            (
+                header::SET_COOKIE,
+                cookies.set_cookie(cookies.operator_session, "", None),
+            ),
+        ]),
+        Redirect::to(&to),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct TeamsQuery {
+    q: Option<String>,
+    before: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "admin/teams.html")]
+struct TeamsPage {
+    layout: Layout,
+    q: String,
+    teams: Vec<admin::TeamRow>,
+    next: Option<String>,
+}
+
+async fn teams(
+    State(state): State<AppState>,
+    layout: Layout,
+    Query(query): Query<TeamsQuery>,
+) -> Result<Html<String>> {
+    let q = search(query.q)?;
+    let before = query
+        .before
+        .as_deref()
+        .map(|raw| {
+            let (at, id) = cursor(raw)?;
+            Ok::<_, AppError>((at, Uuid::parse_str(id).map_err(|_| bad_cursor())?))
+        })
+        .transpose()?;
+    let mut teams = admin::teams(&state.db, &q, before.as_ref()).await?;
+    let next = page_after(&mut teams).map(|last| {
+        let at = last.created_at.format(&Rfc3339).unwrap_or_default();
+        format!(
+            "/admin/teams?q={}&before={}",
+            encode(&q),
+            encode(&format!("{at} {}", last.id))
+        )
+    });
+    render(&TeamsPage {
+        layout,
+        q,
+        teams,
+        next,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "admin/team.html")]
+struct TeamPage {
+    layout: Layout,
+    csrf_token: String,
+    team: admin::TeamDetail,
+    /// The subscription's plan, as `STRIPE_PRICES` names its price.
+    plan: Option<String>,
+    /// Dunning: when paid access ends (`GRACE_PERIOD_DAYS` after the first failure).
+    access_ends: Option<time::Date>,
+    activity: Vec<crate::accounts::audit::Entry>,
+    audit: Vec<admin::AuditRow>,
+}
+
+async fn team(
+    State(state): State<AppState>,
+    layout: Layout,
+    CsrfToken(csrf_token): CsrfToken,
+    Path(id): Path<String>,
+) -> Result<Html<String>> {
+    let id = uuid(&id)?;
+    let team = admin::team(&state.db, id).await?;
+    let subscription = team.subscription.as_ref();
+    let plan = subscription
+        .and_then(|s| s.price_id.as_deref())
+        .and_then(|price| state.config.stripe.prices.iter().find(|p| p.price_id == price))
+        .map(|p| p.plan.to_string());
+    let access_ends = subscription
+        .and_then(|s| s.payment_failed_at)
+        .map(|failed| (failed + time::Duration::days(i64::from(state.config.grace_period_days))).date());
+    let activity = crate::accounts::audit::page(&state.db, id, None, admin::PAGE).await?;
+    let audit = admin::audit_of(&state.db, &format!("team:{id}")).await?;
+    render(&TeamPage {
+        layout,
+        csrf_token,
+        team,
+        plan,
+        access_ends,
+        activity,
+        audit,
+    })
+}
+
+async fn reconcile_team(
     State(state): State<AppState>,
     operator: Operator,
     client: ClientIp,
     Path(id): Path<String>,
 ) -> Result<Redirect> {
-    act_on_user(&state, &operator, client, &id, UserAction::Disable).await
-}
-
-async fn enable_user(
-    State(state): State<AppState>,
-    operator: Operator,
-    client: ClientIp,
-    Path(id): Path<String>,
-) -> Result<Redirect> {
-    act_on_user(&state, &operator, client, &id, UserAction::Enable).await
-}
-
-async fn end_sessions(
-    State(state): State<AppState>,
-    operator: Operator,
-    client: ClientIp,
-    Path(id): Path<String>,
-) -> Result<Redirect> {
-    act_on_user(&state, &operator, client, &id, UserAction::EndSessions).await
+    let id = uuid(&id)?;
+    let per_seat = state.config.stripe.per_seat_prices();
+    admin::reconcile_team(
+        &state.db,
+        state.stripe.as_ref(),
+        &per_seat,
+        operator.actor(client),
+        id,
+    )
+    .await?;
+    Ok(Redirect::to(&format!("/admin/teams/{id}")))
 }
 
 #[derive(Deserialize)]
@@ -293,15 +495,23 @@ async fn events(
     })
 }
 
-/// `before`: the last row's `received_at` (RFC 3339) and id, separated by a space.
-fn event_cursor(raw: &str) -> Result<admin::EventCursor> {
-    let bad = || AppError::BadRequest("before is not a position in this list.".to_owned());
-    let (at, id) = raw.split_once(' ').ok_or_else(bad)?;
-    let at = OffsetDateTime::parse(at, &Rfc3339).map_err(|_| bad())?;
-    if id.len() > 255 {
-        return Err(bad());
+/// `before` of a list ordered by time: the last row's time (RFC 3339) and id, separated by a
+/// space.
+fn cursor(raw: &str) -> Result<(OffsetDateTime, &str)> {
+    let (at, id) = raw.split_once(' ').ok_or_else(bad_cursor)?;
+    let at = OffsetDateTime::parse(at, &Rfc3339).map_err(|_| bad_cursor())?;
+    if id.len() > 255 || id.contains('\0') {
+        return Err(bad_cursor());
     }
-    Ok((at, id.to_owned()))
+    Ok((at, id))
+}
+
+fn bad_cursor() -> AppError {
+    AppError::BadRequest("before is not a position in this list.".to_owned())
+}
+
+fn event_cursor(raw: &str) -> Result<admin::EventCursor> {
+    cursor(raw).map(|(at, id)| (at, id.to_owned()))
 }
 
 /// How much of an event's JSON its page shows.
@@ -325,7 +535,7 @@ async fn event(
     CsrfToken(csrf_token): CsrfToken,
     Path(id): Path<String>,
 ) -> Result<Html<String>> {
-    let event = admin::event(&state.db, &id).await?;
+    let event = admin::event(&state.db, event_id(&id)?).await?;
     // serde_json refuses nesting deeper than 128: such a payload is shown as stored.
     let pretty = serde_json::from_str::<serde_json::Value>(&event.payload)
         .ok()
@@ -357,7 +567,14 @@ async fn replay_event(
     Path(id): Path<String>,
 ) -> Result<Redirect> {
     let mode = state.stripe.as_ref().and_then(|stripe| stripe.mode());
-    admin::replay_event(&state.db, &state.mailer, mode, operator.actor(client), &id).await?;
+    admin::replay_event(
+        &state.db,
+        &state.mailer,
+        mode,
+        operator.actor(client),
+        event_id(&id)?,
+    )
+    .await?;
     Ok(Redirect::to(&admin::event_path(&id)))
 }
 

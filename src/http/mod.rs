@@ -155,6 +155,15 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
     let team_only = |methods: MethodRouter<AppState>| {
         user_only(methods.route_layer(from_extractor_with_state::<session::TeamPolicy, _>(state.clone())))
     };
+    // The forms that change how an account signs in or end it: not for an operator viewing
+    // the product as its user (see `session::NotImpersonating`).
+    let own_account = |methods: MethodRouter<AppState>| {
+        user_only(
+            methods.route_layer(from_extractor_with_state::<session::NotImpersonating, _>(
+                state.clone(),
+            )),
+        )
+    };
     let signed_in = Router::new()
         .route("/dashboard", team_only(get(account::dashboard)))
         .route("/settings", user_only(get(account::settings)))
@@ -192,34 +201,34 @@ pub fn router(state: AppState) -> anyhow::Result<(Router, Vec<rate_limit::Limite
         .route("/settings/2fa", user_only(get(account::two_factor)))
         .route(
             "/settings/2fa/enable",
-            user_only(form(post(account::enable_two_factor)).layer(auth_rate_limit.clone())),
+            own_account(form(post(account::enable_two_factor)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/settings/2fa/disable",
-            user_only(form(post(account::disable_two_factor)).layer(auth_rate_limit.clone())),
+            own_account(form(post(account::disable_two_factor)).layer(auth_rate_limit.clone())),
         )
         .route("/settings/export", user_only(form(post(account::request_export))))
         .route(
             "/settings/delete",
-            user_only(form(post(account::delete_account)).layer(auth_rate_limit.clone())),
+            own_account(form(post(account::delete_account)).layer(auth_rate_limit.clone())),
         )
         .route("/settings/export/{id}", user_only(get(account::download_export)))
         .route("/settings/sessions", user_only(get(account::sessions)))
         .route(
             "/settings/sessions/{id}/revoke",
-            user_only(form(post(account::revoke_session))),
+            own_account(form(post(account::revoke_session))),
         )
         .route(
             "/settings/sessions/revoke-others",
-            user_only(form(post(account::revoke_other_sessions))),
+            own_account(form(post(account::revoke_other_sessions))),
         )
         .route(
             "/settings/email",
-            user_only(form(post(account::change_email)).layer(auth_rate_limit.clone())),
+            own_account(form(post(account::change_email)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/settings/password",
-            user_only(form(post(account::change_password)).layer(auth_rate_limit.clone())),
+            own_account(form(post(account::change_password)).layer(auth_rate_limit.clone())),
         )
         .route(
             "/settings/resend-verification",

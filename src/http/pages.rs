@@ -35,6 +35,10 @@ pub struct LayoutUser {
     pub csrf_token: String,
     /// Failed payments: the banner on every page.
     pub dunning: Option<Dunning>,
+    /// An operator viewing the product as this user: the banner with its stop button.
+    pub impersonator: Option<String>,
+    /// An operator (not impersonating): the navigation links the console.
+    pub operator: bool,
 }
 
 impl Layout {
@@ -61,6 +65,8 @@ impl FromRequestParts<AppState> for Layout {
                 billing::dunning(subscription, &state.config, OffsetDateTime::now_utc())
             });
             layout.user = Some(LayoutUser {
+                operator: user.session.operator && user.session.impersonator.is_none(),
+                impersonator: user.session.impersonator.map(|operator| operator.email),
                 email: user.session.email,
                 email_verified: user.session.email_verified,
                 csrf_token,

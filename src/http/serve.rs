@@ -10,8 +10,8 @@
 //!   accept queue until one closes.
 //! - HTTP/1.1 only (nginx speaks it to keel), so no HTTP/2 connection escapes these rules.
 //!
-//! On shutdown it stops accepting (after taking in the connections already waiting), lets each
-//! connection finish its request in flight, and returns when all have closed.
+//! On shutdown it stops accepting, lets each connection finish its request in flight, and
+//! returns when all have closed.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,10 +22,7 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -63,40 +60,21 @@ pub async fn serve(
             }
             (Err(_closed), _) => unreachable!("the semaphore is never closed"),
         };
-        spawn_connection(&http, &connections, &router, stream, peer, Some(slot));
-    }
-    // Connections the kernel has completed but nobody has accepted yet would be reset when the
-    // listener closes, after a proxy may have sent them a request it cannot safely send
-    // elsewhere (a POST): they are served too. Only those already waiting: the accept is
-    // polled once.
-    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
-        spawn_connection(&http, &connections, &router, stream, peer, None);
+        let service = router.clone().map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            request
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            // Errors here are the client's (a reset, a malformed request, the header timeout).
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended");
+            }
+            drop(slot);
+        });
     }
     drop(listener);
     connections.shutdown().await;
-}
-
-/// Serves one connection in a task of its own, holding its connection slot until it closes.
-fn spawn_connection(
-    http: &http1::Builder,
-    connections: &GracefulShutdown,
-    router: &Router,
-    stream: TcpStream,
-    peer: SocketAddr,
-    slot: Option<OwnedSemaphorePermit>,
-) {
-    let service = router.clone().map_request(move |request: Request<Incoming>| {
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-        request
-    });
-    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-    let connection = connections.watch(connection);
-    tokio::spawn(async move {
-        // Errors here are the client's (a reset, a malformed request, the header timeout).
-        if let Err(error) = connection.await {
-            tracing::debug!(%peer, %error, "connection ended");
-        }
-        drop(slot);
-    });
 }

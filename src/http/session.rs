@@ -36,6 +36,8 @@ pub struct CookieNames {
     pub revert_link: &'static str,
     /// A half-done login waiting for its second factor.
     pub pending_login: &'static str,
+    /// An operator's own session, kept aside while they view the product as a user.
+    pub operator_session: &'static str,
     pub secure: bool,
 }
 
@@ -51,6 +53,7 @@ impl CookieNames {
                 change_link: "__Host-keel_change_email",
                 revert_link: "__Host-keel_revert_email",
                 pending_login: "__Host-keel_2fa",
+                operator_session: "__Host-keel_operator",
                 secure,
             }
         } else {
@@ -63,6 +66,7 @@ impl CookieNames {
                 change_link: "keel_change_email",
                 revert_link: "keel_revert_email",
                 pending_login: "keel_2fa",
+                operator_session: "keel_operator",
                 secure,
             }
         }
@@ -175,6 +179,25 @@ impl FromRequestParts<AppState> for TeamPolicy {
             )));
         }
         Ok(Self)
+    }
+}
+
+/// Anyone but an operator viewing the product as a user: the forms that change how an
+/// account signs in or end it (password, email, 2FA, sessions, deletion) answer 403 to an
+/// impersonation (SPEC "Operator console").
+pub struct NotImpersonating;
+
+impl FromRequestParts<AppState> for NotImpersonating {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        match MaybeUser::from_request_parts(parts, state).await? {
+            MaybeUser(Some(user)) if user.session.impersonator.is_some() => Err(AppError::Forbidden(
+                "Not while viewing the product as this user: only they can change how they sign in."
+                    .to_owned(),
+            )),
+            _ => Ok(Self),
+        }
     }
 }
 

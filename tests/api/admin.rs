@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::{
     billing::event,
-    helpers::{TestApp, run_keel_async, spawn_app_with, spawn_web_only_with},
+    helpers::{TestApp, run_keel_async, spawn_production_app, spawn_web_only_with},
     visitor::Visitor,
 };
 
@@ -134,26 +134,7 @@ async fn the_console_is_404_for_everyone_but_operators() {
 
 #[tokio::test]
 async fn in_production_an_operator_needs_two_factor_sign_in() {
-    // Production refuses development values: a random key, and the test Redis named as db 0.
-    let secret_key: String = (0..4)
-        .map(|_| uuid::Uuid::new_v4().simple().to_string())
-        .collect();
-    let redis = format!("{}/0", crate::helpers::redis_url().trim_end_matches('/'));
-    let app = spawn_app_with(|env| {
-        for (name, value) in [
-            ("APP_ENV", "production"),
-            ("BASE_URL", "https://app.example.com"),
-            ("REDIS_URL", &redis),
-            ("SECRET_KEY", &secret_key),
-            ("STRIPE_SECRET_KEY", "sk_test_123"),
-            ("STRIPE_WEBHOOK_SECRET", "whsec_123"),
-            ("SMTP_URL", "smtp://127.0.0.1:1"),
-            ("EMAIL_FROM", "Acme <hello@acme.test>"),
-        ] {
-            env.insert(name, value.to_owned());
-        }
-    })
-    .await;
+    let app = spawn_production_app().await;
     let mut ops = operator(&app).await;
     assert_eq!(
         ops.get("/admin").await.status,
@@ -507,5 +488,265 @@ async fn dead_jobs_are_listed_and_retried_and_emails_never_show_their_bodies() {
     assert!(
         all.contains("Welcome") && !all.contains("SECRET BODY"),
         "bodies never shown"
+    );
+}
+
+#[tokio::test]
+async fn teams_show_members_billing_and_dunning_and_reconcile_with_stripe_now() {
+    use crate::{
+        fake_stripe::FakeStripe,
+        stripe::{PRO, TEAM, app_with_stripe, stripe_subscription},
+    };
+    let fake = FakeStripe::start().await;
+    fake.add_price(PRO, 1200, "usd", "month");
+    fake.add_price(TEAM, 9900, "eur", "year");
+    let app = app_with_stripe(&fake).await;
+    let mut ops = operator(&app).await;
+    let _owner = Visitor::signed_up(&app, "owner@acme.test", PASSWORD).await;
+    let _free = Visitor::signed_up(&app, "free@example.com", PASSWORD).await;
+    let mut db = app.database.connect().await;
+    let team: uuid::Uuid = sqlx::query_scalar(
+        "UPDATE teams SET name = 'Acme Inc', stripe_customer_id = 'cus_acme'
+         WHERE id = (SELECT team_id FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = 'owner@acme.test')
+         RETURNING id",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    // keel believes: active, 3 seats, a payment failed 2 days ago; Stripe says canceled.
+    sqlx::query(
+        "INSERT INTO subscriptions (id, team_id, customer_id, status, price_id, quantity, current_period_end, state_as_of, payment_failed_at)
+         VALUES ('sub_acme', $1, 'cus_acme', 'active', $2, 3, to_timestamp(1795000000), now() - interval '1 day', now() - interval '2 days')",
+    )
+    .bind(team)
+    .bind(PRO)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    fake.put_subscription(stripe_subscription("sub_acme", "cus_acme", "canceled", PRO, None));
+
+    // Monthly recurring revenue: 3 seats at $12.00 a month.
+    let overview = ops.get("/admin").await.body;
+    assert!(overview.contains("$36.00"), "{overview}");
+
+    for query in ["acm", "owner%40acme", "%40acme.test"] {
+        let found = ops.get(&format!("/admin/teams?q={query}")).await.body;
+        assert!(found.contains(">Acme Inc</a>"), "{query}: {found}");
+        assert!(
+            !found.contains("free@example.com&#39;s team") && !found.contains("free@example.com's team"),
+            "{query}"
+        );
+    }
+    let page = format!("/admin/teams/{team}");
+    let shown = ops.get(&page).await.body;
+    assert!(
+        shown.contains("owner@acme.test") && shown.contains("pro") && shown.contains("payment failed"),
+        "{shown}"
+    );
+
+    let reconciled = act(&mut ops, &page, &format!("{page}/reconcile")).await;
+    assert_eq!(
+        (reconciled.status, reconciled.location()),
+        (StatusCode::SEE_OTHER, page.as_str())
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = 'sub_acme'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(status, "canceled");
+    let listed: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/subscriptions")
+        .collect();
+    assert_eq!(
+        listed.last().unwrap().param("customer"),
+        Some("cus_acme"),
+        "only this team's customer"
+    );
+    let shown = ops.get(&page).await.body;
+    assert!(
+        shown.contains("checked 1 subscriptions in Stripe: 1 repaired"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("reconcile: updated sub_acme"),
+        "the billing audit log"
+    );
+
+    let free: uuid::Uuid = sqlx::query_scalar("SELECT team_id FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = 'free@example.com'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let free_page = format!("/admin/teams/{free}");
+    assert_eq!(
+        act(&mut ops, &free_page, &format!("{free_page}/reconcile"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        ops.get("/admin/teams/00000000-0000-0000-0000-000000000000")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ops.get("/admin/teams?before=nonsense").await.status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn an_operator_views_the_product_as_a_user_for_30_minutes_with_a_banner_and_stops() {
+    let app = spawn_web_only_with(|_| {}).await;
+    let mut ops = operator(&app).await;
+    let mut customer = Visitor::signed_up(&app, "customer@example.com", PASSWORD).await;
+    let id = user_id(&app, "customer@example.com").await;
+    let page = format!("/admin/users/{id}");
+    let own_session = ops.session().unwrap().clone();
+
+    let started = act(&mut ops, &page, &format!("{page}/impersonate")).await;
+    assert_eq!(
+        (started.status, started.location()),
+        (StatusCode::SEE_OTHER, "/dashboard")
+    );
+    assert_ne!(ops.session().unwrap(), &own_session, "a session of its own");
+    let dashboard = ops.get("/dashboard").await;
+    assert_eq!(dashboard.status, StatusCode::OK);
+    assert!(
+        dashboard.body.contains(
+            "<strong>ops@example.com</strong> is viewing the product as <strong>customer@example.com</strong>"
+        ),
+        "{}",
+        dashboard.body
+    );
+    assert!(
+        ops.get("/settings")
+            .await
+            .body
+            .contains("/admin/impersonation/stop"),
+        "the banner on every page"
+    );
+    // The user sees that support is in, on their own sessions page.
+    let theirs = customer.get("/settings/sessions").await.body;
+    assert!(
+        theirs.contains("Support, through the operator console"),
+        "{theirs}"
+    );
+    let expires: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at - created_at)::float8 FROM sessions WHERE impersonator_id IS NOT NULL",
+    )
+    .fetch_one(&mut app.database.connect().await)
+    .await
+    .unwrap();
+    assert!((expires - 1800.0).abs() < 5.0, "30 minutes: {expires}");
+
+    // While impersonating: the console and the account's sign-in forms are refused.
+    assert_eq!(ops.get("/admin").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(ops.get("/admin/users").await.status, StatusCode::FORBIDDEN);
+    for (action, fields) in [
+        (
+            "/settings/password",
+            vec![
+                ("current_password", PASSWORD),
+                ("new_password", "another password 2"),
+            ],
+        ),
+        (
+            "/settings/email",
+            vec![("email", "taken-over@example.com"), ("password", PASSWORD)],
+        ),
+        ("/settings/2fa/enable", vec![("code", "123456")]),
+        ("/settings/2fa/disable", vec![("password", PASSWORD)]),
+        ("/settings/sessions/revoke-others", vec![]),
+        (
+            "/settings/delete",
+            vec![("password", PASSWORD), ("confirm", "customer@example.com")],
+        ),
+    ] {
+        let refused = ops.submit("/settings", action, &fields).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{action}");
+    }
+    let revoke = format!("/settings/sessions/{}/revoke", uuid::Uuid::new_v4());
+    assert_eq!(
+        ops.submit("/settings", &revoke, &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let still: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'customer@example.com'")
+        .fetch_one(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(still, 1);
+
+    let stopped = ops.submit("/dashboard", "/admin/impersonation/stop", &[]).await;
+    assert_eq!(
+        (stopped.status, stopped.location()),
+        (StatusCode::SEE_OTHER, page.as_str())
+    );
+    assert_eq!(
+        ops.session().unwrap(),
+        &own_session,
+        "the operator's own session back"
+    );
+    assert_eq!(ops.get(&page).await.status, StatusCode::OK);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE impersonator_id IS NOT NULL")
+        .fetch_one(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the impersonation session is gone");
+    // Stopping again, or without impersonating: 404.
+    assert_eq!(
+        ops.submit("/dashboard", "/admin/impersonation/stop", &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Both audit logs: the user's (security log, and their team's) and the operator's.
+    let mut db = app.database.connect().await;
+    let security: Vec<String> = sqlx::query_scalar(
+        "SELECT event FROM security_log WHERE user_id = $1 AND event LIKE 'impersonation%' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(security, ["impersonation_started", "impersonation_stopped"]);
+    let team: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT actor_email, action, subject FROM team_audit_log WHERE action LIKE 'support.%' ORDER BY id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        team,
+        [
+            (
+                "ops@example.com".to_owned(),
+                "support.impersonation_started".to_owned(),
+                "customer@example.com".to_owned()
+            ),
+            (
+                "ops@example.com".to_owned(),
+                "support.impersonation_stopped".to_owned(),
+                "customer@example.com".to_owned()
+            ),
+        ]
+    );
+    let actions: Vec<String> = audit_rows(&app).await.into_iter().map(|row| row.1).collect();
+    assert_eq!(actions, ["user.impersonate", "user.impersonation_stop"]);
+
+    // Not oneself; not a disabled user.
+    let me = user_id(&app, "ops@example.com").await;
+    let mine = format!("/admin/users/{me}");
+    assert_eq!(
+        act(&mut ops, &mine, &format!("{mine}/impersonate")).await.status,
+        StatusCode::CONFLICT
+    );
+    act(&mut ops, &page, &format!("{page}/disable")).await;
+    assert_eq!(
+        act(&mut ops, &page, &format!("{page}/impersonate")).await.status,
+        StatusCode::CONFLICT
     );
 }

@@ -71,9 +71,8 @@ const INVITATION: EmailedLink = EmailedLink {
     path: "/invite?token=",
 };
 
-#[tokio::test]
-async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_sign_in_in_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The directory of the scripts, once Chromium and their npm packages are known to be there.
+fn browser_scripts(root: &Path) -> std::path::PathBuf {
     let scripts = root.join("tests/browser");
     assert!(
         Path::new(CHROMIUM).exists(),
@@ -83,6 +82,13 @@ async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_si
         scripts.join("node_modules/playwright-core/package.json").exists(),
         "the browser test needs tests/browser/node_modules (playwright-core): {SETUP}"
     );
+    scripts
+}
+
+#[tokio::test]
+async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_sign_in_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scripts = browser_scripts(root);
 
     let smtp = FakeSmtp::start(Behaviour::default()).await;
     let app = spawn_app_with(|env| {
@@ -92,6 +98,7 @@ async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_si
 
     let mut script = Script::start(
         &scripts,
+        "auth_flow.mjs",
         &[
             ("KEEL_URL", app.address.clone()),
             ("KEEL_SCREENSHOTS", screenshot_dir(root)),
@@ -134,6 +141,62 @@ async fn a_visitor_signs_up_invites_someone_who_joins_and_turns_on_two_factor_si
     assert!(
         emailed_path(&smtp, INVITEE, &VERIFICATION).is_err(),
         "{INVITEE} signed up through an invitation and was still sent a verification email"
+    );
+}
+
+/// The operator console in Chromium (`tests/browser/console.mjs`): an operator logs in, opens
+/// the overview, finds a user, views the product as them (the banner names both; the console
+/// answers 403 meanwhile), stops and is themselves again; then a stored event's page. Leaves
+/// `admin-overview.png`, `admin-impersonation.png` and `admin-event.png` with the others.
+#[tokio::test]
+async fn an_operator_finds_a_user_views_the_product_as_them_and_stops_in_chromium() {
+    const OPERATOR: &str = "ops@example.com";
+    const CUSTOMER: &str = "carla@example.com";
+    const PASSWORD: &str = "console password 1";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scripts = browser_scripts(root);
+    let app = crate::helpers::spawn_web_only_with(|_| {}).await;
+    crate::visitor::Visitor::signed_up(&app, OPERATOR, PASSWORD).await;
+    crate::visitor::Visitor::signed_up(&app, CUSTOMER, PASSWORD).await;
+    let event = crate::billing::event("", "invoice.payment_failed");
+    let event_id = event["id"].as_str().unwrap().to_owned();
+    let mut db = app.database.connect().await;
+    sqlx::query("UPDATE users SET is_operator = true WHERE email = $1")
+        .bind(OPERATOR)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO stripe_events (id, type, api_version, livemode, created, payload, processed_at)
+         VALUES ($1, 'invoice.payment_failed', $3, false, now(), $2, now())",
+    )
+    .bind(&event_id)
+    .bind(serde_json::to_string(&event).unwrap())
+    .bind(event["api_version"].as_str())
+    .execute(&mut db)
+    .await
+    .unwrap();
+
+    let mut script = Script::start(
+        &scripts,
+        "console.mjs",
+        &[
+            ("KEEL_URL", app.address.clone()),
+            ("KEEL_SCREENSHOTS", screenshot_dir(root)),
+            ("KEEL_OPERATOR", OPERATOR.to_owned()),
+            ("KEEL_PASSWORD", PASSWORD.to_owned()),
+            ("KEEL_CUSTOMER", CUSTOMER.to_owned()),
+            ("KEEL_EVENT", event_id),
+        ],
+    );
+    let started = Instant::now();
+    let status = script.wait(started + WHOLE_RUN).await;
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "the console flow failed ({}) after {:.1} s.\n--- stderr\n{}",
+        status.map_or_else(|| "did not end in time, killed".to_owned(), |s| s.to_string()),
+        started.elapsed().as_secs_f64(),
+        script.stderr.lock().unwrap(),
     );
 }
 
@@ -198,7 +261,7 @@ fn decode_quoted_printable(data: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `node auth_flow.mjs`, its stdout as lines through a channel, its stderr collected (and
+/// `node <script>`, its stdout as lines through a channel, its stderr collected (and
 /// echoed, so a hung run still shows its progress). Killed if the test ends first.
 struct Script {
     child: Child,
@@ -209,9 +272,9 @@ struct Script {
 }
 
 impl Script {
-    fn start(dir: &Path, env: &[(&str, String)]) -> Self {
+    fn start(dir: &Path, name: &str, env: &[(&str, String)]) -> Self {
         let mut child = Command::new("node")
-            .arg("auth_flow.mjs")
+            .arg(name)
             .current_dir(dir)
             .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::piped())

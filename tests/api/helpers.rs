@@ -101,6 +101,30 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<&'static str, St
     spawn(customize, true).await
 }
 
+/// The app in production mode, with the values production requires (a random key, the test
+/// Redis named as database 0: production refuses development values).
+pub async fn spawn_production_app() -> TestApp {
+    let secret_key: String = (0..4)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let redis = format!("{}/0", redis_url().trim_end_matches('/'));
+    spawn_app_with(|env| {
+        for (name, value) in [
+            ("APP_ENV", "production"),
+            ("BASE_URL", "https://app.example.com"),
+            ("REDIS_URL", &redis),
+            ("SECRET_KEY", &secret_key),
+            ("STRIPE_SECRET_KEY", "sk_test_123"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_123"),
+            ("SMTP_URL", "smtp://127.0.0.1:1"),
+            ("EMAIL_FROM", "Acme <hello@acme.test>"),
+        ] {
+            env.insert(name, value.to_owned());
+        }
+    })
+    .await
+}
+
 /// Like [`spawn_app_with`], as `keel serve --no-worker`: queued jobs stay queued, for tests of
 /// what a request enqueues.
 pub async fn spawn_web_only_with(customize: impl FnOnce(&mut HashMap<&'static str, String>)) -> TestApp {

@@ -75,26 +75,7 @@ async fn with_a_token_only_its_bearer_may_read_metrics() {
 
 #[tokio::test]
 async fn production_without_a_token_answers_404() {
-    // Production refuses development values: a random key, and the test Redis named as db 0.
-    let secret_key: String = (0..4)
-        .map(|_| uuid::Uuid::new_v4().simple().to_string())
-        .collect();
-    let redis = format!("{}/0", crate::helpers::redis_url().trim_end_matches('/'));
-    let app = spawn_app_with(|env| {
-        for (name, value) in [
-            ("APP_ENV", "production"),
-            ("BASE_URL", "https://app.example.com"),
-            ("REDIS_URL", &redis),
-            ("SECRET_KEY", &secret_key),
-            ("STRIPE_SECRET_KEY", "sk_test_123"),
-            ("STRIPE_WEBHOOK_SECRET", "whsec_123"),
-            ("SMTP_URL", "smtp://127.0.0.1:1"),
-            ("EMAIL_FROM", "Acme <hello@acme.test>"),
-        ] {
-            env.insert(name, value.to_owned());
-        }
-    })
-    .await;
+    let app = crate::helpers::spawn_production_app().await;
     assert_eq!(app.get("/metrics").await.status(), 404);
     assert_eq!(app.get("/").await.status(), 200);
 }

@@ -17,14 +17,14 @@ use crate::{
 
 const SECRET_KEY: &str = "sk_test_keel_stripe_tests";
 const WEBHOOK_SECRET: &str = "whsec_stripe_tests";
-const PRO: &str = "price_1SaaSTestMonthly000000A1";
-const TEAM: &str = "price_1SaaSTestYearly0000000B2";
+pub const PRO: &str = "price_1SaaSTestMonthly000000A1";
+pub const TEAM: &str = "price_1SaaSTestYearly0000000B2";
 const PASSWORD: &str = "correct horse battery";
 
 /// The app wired to a fake Stripe, once the first attempt of its start-up reconciliation (the
 /// daily job's first run, against the empty fake) is over, so that it cannot take a failure
 /// meant for a test.
-async fn app_with_stripe(fake: &FakeStripe) -> TestApp {
+pub async fn app_with_stripe(fake: &FakeStripe) -> TestApp {
     app_with_prices(fake, format!("pro={PRO},team={TEAM}")).await
 }
 
@@ -664,7 +664,7 @@ async fn pricing_shows_stripe_amounts_cached_and_the_last_known_while_stripe_is_
 }
 
 /// A subscription as Stripe lists it (basil shape: the period on the item).
-fn stripe_subscription(id: &str, customer: &str, status: &str, price: &str, team: Option<Uuid>) -> Value {
+pub fn stripe_subscription(id: &str, customer: &str, status: &str, price: &str, team: Option<Uuid>) -> Value {
     json!({
         "id": id, "object": "subscription", "customer": customer, "status": status,
         "cancel_at_period_end": false, "created": 1_763_000_000, "livemode": false,

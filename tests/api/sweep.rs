@@ -62,6 +62,15 @@ const GET_ROUTES: &[&str] = &[
     "/health",
     "/health/live",
     "/metrics",
+    "/admin",
+    "/admin/users",
+    "/admin/users/{id}",
+    "/admin/teams",
+    "/admin/teams/{id}",
+    "/admin/events",
+    "/admin/events/{id}",
+    "/admin/jobs",
+    "/admin/emails",
 ];
 
 /// Every POST route of the site, with the fields its handler reads (`/webhooks/stripe` is
@@ -94,10 +103,20 @@ const POST_ROUTES: &[(&str, &[&str])] = &[
     ("/invite", &["token"]),
     ("/billing/checkout", &["plan"]),
     ("/billing/portal", &[]),
+    ("/admin/users/{id}/disable", &[]),
+    ("/admin/users/{id}/enable", &[]),
+    ("/admin/users/{id}/end-sessions", &[]),
+    ("/admin/users/{id}/impersonate", &[]),
+    ("/admin/impersonation/stop", &[]),
+    ("/admin/teams/{id}/reconcile", &[]),
+    ("/admin/events/{id}/replay", &[]),
+    ("/admin/jobs/{id}/retry", &[]),
 ];
 
 /// The query parameters any GET handler reads.
-const QUERY_KEYS: &[&str] = &["next", "notice", "token", "checkout", "plan", "email", "before"];
+const QUERY_KEYS: &[&str] = &[
+    "next", "notice", "token", "checkout", "plan", "email", "before", "q", "after", "type", "state", "status",
+];
 
 /// Deterministic junk.
 struct Rng(StdRng);
@@ -165,6 +184,8 @@ fn value(bytes: impl AsRef<[u8]>) -> HeaderValue {
 struct Who {
     name: &'static str,
     signed_in: bool,
+    /// Sees the operator console (`/admin…`), which is 404 to anyone else, whatever the method.
+    operator: bool,
     cookies: Option<String>,
     csrf: Option<String>,
 }
@@ -441,8 +462,29 @@ async fn signed_in(app: &TestApp, name: &'static str, email: &str) -> Who {
     Who {
         name,
         signed_in: true,
+        operator: false,
         cookies: Some(visitor.cookie_header()),
         csrf: Some(csrf),
+    }
+}
+
+/// A route of the operator console that answers 404 to anyone but an operator (all but the
+/// end of an impersonation, which the impersonated user's session posts).
+fn hidden_console(path: &str) -> bool {
+    path.starts_with("/admin") && path != "/admin/impersonation/stop"
+}
+
+/// [`signed_in`] as an operator of the console, so that the sweep reaches its handlers.
+async fn operator(app: &TestApp, name: &'static str, email: &str) -> Who {
+    let who = signed_in(app, name, email).await;
+    sqlx::query("UPDATE users SET is_operator = true WHERE email = $1")
+        .bind(email)
+        .execute(&mut app.database.connect().await)
+        .await
+        .unwrap();
+    Who {
+        operator: true,
+        ..who
     }
 }
 
@@ -454,16 +496,18 @@ impl Senders {
             stranger: Who {
                 name: "stranger",
                 signed_in: false,
+                operator: false,
                 cookies: None,
                 csrf: None,
             },
             anonymous: Who {
                 name: "anonymous",
                 signed_in: false,
+                operator: false,
                 cookies: Some(browser.cookie_header()),
                 csrf: Some(csrf),
             },
-            signed_in: signed_in(app, "signed in", "sweeper@example.com").await,
+            signed_in: operator(app, "signed in (an operator)", "sweeper@example.com").await,
             leaver: signed_in(app, "signed in (leaving)", "leaver@example.com").await,
         }
     }
@@ -1042,8 +1086,13 @@ async fn odd_methods(sweep: &mut Sweep<'_>, who: &Who, paths: &[&str], all: bool
     let category = "odd methods";
     for path in paths {
         // A wrong method is 405 for everyone: behind login too, the login check runs only for
-        // the route's own methods.
-        let expect = Expect::OneOf(&[405]);
+        // the route's own methods. The console is 404 to anyone but an operator, whatever the
+        // method: it does not reveal that it exists.
+        let expect = if hidden_console(path) && !who.operator {
+            Expect::OneOf(&[404])
+        } else {
+            Expect::OneOf(&[405])
+        };
         for method in ["PUT", "DELETE", "PATCH"] {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             sweep
@@ -1307,6 +1356,7 @@ fn route_map_paths() -> Vec<String> {
 #[tokio::test]
 async fn every_route_of_the_route_map_is_swept() {
     let app = spawn_app().await;
+    let operator = operator(&app, "operator", "guard@example.com").await;
     let paths = route_map_paths();
     assert!(paths.len() >= GET_ROUTES.len(), "{paths:?}");
     let mut missing = Vec::new();
@@ -1314,8 +1364,15 @@ async fn every_route_of_the_route_map_is_swept() {
         if SWEPT_APART.iter().any(|(apart, _)| apart == path) {
             continue;
         }
-        // No route takes PATCH: axum answers 405 with the methods the route does take.
-        let response = app.client.patch(app.url(path)).send().await.unwrap();
+        // No route takes PATCH: axum answers 405 with the methods the route does take (the
+        // console only to an operator: to anyone else it is 404).
+        let mut patch = app.client.patch(app.url(path));
+        if hidden_console(path) {
+            let hidden = app.client.patch(app.url(path)).send().await.unwrap();
+            assert_eq!(hidden.status(), 404, "PATCH {path} by a stranger");
+            patch = patch.header(header::COOKIE, operator.cookies.clone().unwrap());
+        }
+        let response = patch.send().await.unwrap();
         assert_eq!(response.status(), 405, "PATCH {path}");
         let allow = response.headers()[header::ALLOW].to_str().unwrap().to_owned();
         for method in allow.split(',').map(str::trim) {
