@@ -737,6 +737,27 @@ async fn an_operator_views_the_product_as_a_user_for_30_minutes_with_a_banner_an
     let actions: Vec<String> = audit_rows(&app).await.into_iter().map(|row| row.1).collect();
     assert_eq!(actions, ["user.impersonate", "user.impersonation_stop"]);
 
+    // An impersonation that ran out: stop still gives the operator's session back.
+    act(&mut ops, &page, &format!("{page}/impersonate")).await;
+    sqlx::query(
+        "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE impersonator_id IS NOT NULL",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(
+        ops.get("/dashboard").await.status,
+        StatusCode::SEE_OTHER,
+        "ran out"
+    );
+    let stopped = ops.submit("/login", "/admin/impersonation/stop", &[]).await;
+    assert_eq!(
+        (stopped.status, stopped.location()),
+        (StatusCode::SEE_OTHER, "/admin")
+    );
+    assert_eq!(ops.session().unwrap(), &own_session);
+    assert_eq!(ops.get("/admin").await.status, StatusCode::OK);
+
     // Not oneself; not a disabled user.
     let me = user_id(&app, "ops@example.com").await;
     let mine = format!("/admin/users/{me}");
