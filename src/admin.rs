@@ -16,7 +16,8 @@ use crate::{
         security::{self, Event},
         sessions,
     },
-    billing::pricing::PriceFacts,
+    billing::{entitlement::Subscription, pricing::PriceFacts},
+    domain::SubscriptionStatus,
     error::{AppError, Result},
 };
 
@@ -651,7 +652,15 @@ pub async fn replay_event(
     operator: OperatorActor<'_>,
     id: &str,
 ) -> Result<()> {
-    event(db, id).await?;
+    let known = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM stripe_events WHERE id = $1) AS "known!""#,
+        id
+    )
+    .fetch_one(db)
+    .await?;
+    if !known {
+        return Err(AppError::NotFound);
+    }
     let outcome = match crate::billing::events::replay(db, mailer, mode, id).await {
         Ok(processed) => format!("replayed: {processed}"),
         Err(error) => format!("replay failed: {error:#}"),
@@ -740,13 +749,10 @@ pub struct TeamMember {
 
 pub struct TeamSubscription {
     pub id: String,
-    pub status: String,
-    pub price_id: Option<String>,
+    /// Seats, for a per-seat price.
     pub quantity: Option<i32>,
-    pub current_period_end: Option<OffsetDateTime>,
-    pub cancel_at_period_end: bool,
-    /// Dunning: the first failed payment of the current run of failures.
-    pub payment_failed_at: Option<OffsetDateTime>,
+    /// What entitlement and `/billing` read: status, price, period, dunning.
+    pub facts: Subscription,
 }
 
 pub struct BillingLogRow {
@@ -775,14 +781,26 @@ pub async fn team(db: &PgPool, id: Uuid) -> Result<TeamDetail> {
     )
     .fetch_all(db)
     .await?;
-    let subscription = sqlx::query_as!(
-        TeamSubscription,
-        "SELECT id, status, price_id, quantity, current_period_end, cancel_at_period_end, payment_failed_at
-         FROM subscriptions WHERE team_id = $1 ORDER BY state_as_of DESC LIMIT 1",
+    let subscription = sqlx::query!(
+        r#"SELECT id, status AS "status: SubscriptionStatus", price_id, quantity, current_period_end,
+                  cancel_at_period_end, payment_failed_at, state_as_of
+           FROM subscriptions WHERE team_id = $1 ORDER BY state_as_of DESC LIMIT 1"#,
         id,
     )
     .fetch_optional(db)
-    .await?;
+    .await?
+    .map(|row| TeamSubscription {
+        id: row.id,
+        quantity: row.quantity,
+        facts: Subscription {
+            status: row.status,
+            price_id: row.price_id,
+            current_period_end: row.current_period_end,
+            cancel_at_period_end: row.cancel_at_period_end,
+            payment_failed_at: row.payment_failed_at,
+            state_as_of: row.state_as_of,
+        },
+    });
     let billing_log = sqlx::query_as!(
         BillingLogRow,
         r#"SELECT at, source, action, subscription_id, before::text AS before, after::text AS "after!"

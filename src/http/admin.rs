@@ -397,14 +397,13 @@ async fn team(
 ) -> Result<Html<String>> {
     let id = uuid(&id)?;
     let team = admin::team(&state.db, id).await?;
-    let subscription = team.subscription.as_ref();
-    let plan = subscription
-        .and_then(|s| s.price_id.as_deref())
-        .and_then(|price| state.config.stripe.prices.iter().find(|p| p.price_id == price))
-        .map(|p| p.plan.to_string());
-    let access_ends = subscription
-        .and_then(|s| s.payment_failed_at)
-        .map(|failed| (failed + time::Duration::days(i64::from(state.config.grace_period_days))).date());
+    let facts = team.subscription.as_ref().map(|s| &s.facts);
+    let plan = facts
+        .and_then(|s| s.plan(&state.config.stripe.prices))
+        .map(ToString::to_string);
+    let access_ends = facts
+        .and_then(|s| s.access_ends_at(state.config.grace_period()))
+        .map(|at| at.date());
     let activity = crate::accounts::audit::page(&state.db, id, None, admin::PAGE).await?;
     let audit = admin::audit_of(&state.db, &format!("team:{id}")).await?;
     render(&TeamPage {
@@ -542,13 +541,7 @@ async fn event(
         .and_then(|value| serde_json::to_string_pretty(&value).ok());
     let mut json = pretty.unwrap_or_else(|| event.payload.clone());
     let truncated = json.len() > PAYLOAD_SHOWN;
-    if truncated {
-        let mut end = PAYLOAD_SHOWN;
-        while !json.is_char_boundary(end) {
-            end -= 1;
-        }
-        json.truncate(end);
-    }
+    json.truncate(json.floor_char_boundary(PAYLOAD_SHOWN));
     let audit = admin::audit_of(&state.db, &format!("event:{id}")).await?;
     render(&EventPage {
         layout,

@@ -23,10 +23,12 @@ const PAGES: [&str; 7] = [
     "/admin/emails",
 ];
 /// Every action of the console.
-const ACTIONS: [&str; 5] = [
+const ACTIONS: [&str; 7] = [
     "/admin/users/00000000-0000-0000-0000-000000000000/disable",
     "/admin/users/00000000-0000-0000-0000-000000000000/enable",
     "/admin/users/00000000-0000-0000-0000-000000000000/end-sessions",
+    "/admin/users/00000000-0000-0000-0000-000000000000/impersonate",
+    "/admin/teams/00000000-0000-0000-0000-000000000000/reconcile",
     "/admin/events/evt_nope/replay",
     "/admin/jobs/1/retry",
 ];
@@ -92,6 +94,15 @@ async fn the_console_is_404_for_everyone_but_operators() {
     for action in ACTIONS {
         let page = member.submit("/settings", action, &[]).await;
         assert_eq!(page.status, StatusCode::NOT_FOUND, "{action} as a user");
+    }
+    assert!(audit_rows(&app).await.is_empty());
+    // An operator's browser made to post by another site (no token): refused before anything.
+    for action in ACTIONS.iter().chain(&["/admin/impersonation/stop"]) {
+        assert_eq!(
+            ops.post(action, &[]).await.status,
+            StatusCode::FORBIDDEN,
+            "{action} without a token"
+        );
     }
     assert!(audit_rows(&app).await.is_empty());
 
